@@ -1,0 +1,37 @@
+# spice — one entry point for setup, tests, the demo and the paper reproduction.
+# `make test` and `make demo` set themselves up: they create .venv (torch==2.13.0 first, then the
+# project) unless a virtualenv or a conda environment is already active, which is then used as is.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+ACTIVE_ENV := $(or $(VIRTUAL_ENV),$(filter-out base,$(CONDA_DEFAULT_ENV)))
+
+ifeq ($(ACTIVE_ENV),)
+PY := $(VENV)/bin/python
+ENV_READY := $(VENV)/.installed
+else
+PY := python
+ENV_READY := env-active
+endif
+
+.PHONY: help env env-active test
+help:
+	@echo "make test   - set up the environment and run the test suite"
+	@echo "make demo   - set up and run the whole pipeline on CPU on generated events (about 20 min)"
+	@echo "make paper  - the paper reproduction on PILArNet (needs a CUDA GPU and the data)"
+
+env: $(ENV_READY)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade pip
+	$(VENV)/bin/python -m pip install torch==2.13.0
+	$(VENV)/bin/python -m pip install -e '.[dev]'
+	touch $@
+
+env-active:
+	@$(PY) -c "import spice, pytest" 2>/dev/null || $(PY) -m pip install -e '.[dev]'
+
+test: $(ENV_READY)
+	$(PY) -m pytest $(PYTEST_ARGS)
