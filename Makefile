@@ -35,3 +35,13 @@ env-active:
 
 test: $(ENV_READY)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ---- minkowski: MinkowskiEngine 0.5.4 backend (owner: sparse/minkowski) -------------------------
+# Builds a wheel once into $(WHEEL_CACHE) (about 5 min on CPU with MAX_JOBS=2; needs libopenblas-dev),
+# reuses it afterwards, installs it into the active environment and checks `import MinkowskiEngine`.
+WHEEL_CACHE ?= $(HOME)/.cache/spice/wheels
+MAX_JOBS ?= 2
+.PHONY: minkowski
+minkowski: $(ENV_READY)
+	SPICE_WHEEL_CACHE="$(WHEEL_CACHE)" MAX_JOBS="$(MAX_JOBS)" bash tools/build_minkowski.sh "$(PY)"
+# ---- end minkowski ---------------------------------------------------------------------------------

@@ -1,0 +1,527 @@
+"""Synthetic LArTPC events shaped like PILArNet: the project's embedded default data.
+
+`generate(n_events, spatial_size, seed)` returns `Event`s in the five-type convention
+(0 HIP, 1 MIP, 2 Shower, 3 Delta, 4 Michel) on 0.3 cm voxels, energies in MeV.
+
+Physics model (all lengths in cm unless stated; 1 voxel = 0.3 cm):
+- Every particle is a polyline of ~1-voxel steps (a random walk of the direction with a Highland
+  multiple-scattering angle per step, small-angle accumulation) and every step has a stopping power
+  dE/dx (MeV/cm) with a Landau-like (Moyal) fluctuation. Steps are voxelised by an exact 3D line
+  traversal (energy per voxel proportional to the path length inside it), then spread by a transverse
+  Gaussian of `diffusion_voxels` (integrated over the 3x3x3 neighbourhood), as the drift does.
+- MIP (muon/pion): dE/dx ~2.1 MeV/cm; stopping muons end inside the grid, the others leave it.
+- HIP (proton): Bragg curve dE/dx = 17 r^-0.42 MeV/cm (r = residual range); stops inside.
+- Shower: a photon converts after an exponential gap (9/7 X0) into e+e-; electrons travel Exp(X0)
+  legs ionising 2.1 MeV/cm and radiate bremsstrahlung photons (1/k spectrum) until they fall under the
+  critical energy; soft photons (the softest brems photons and 0.2-1.5 MeV ones emitted every
+  ~`blip_cm` along the legs) give Compton-like isolated blips. One instance per primary shower.
+  Rain showers start as electrons (no gap) with probability `electron_fraction`.
+- Michel: the same electron cascade from the end of a stopping muon, energy from the Michel spectrum.
+- Delta: knock-on electrons (1/T^2 spectrum) off MIP tracks at the kinematic angle.
+- Particles come from shared interaction vertices (sometimes nearly co-linear) or are independent rain.
+
+Scaling with the grid: at spatial_size L every length and energy of the 512-voxel model is multiplied
+by s = L/512 (ranges, gaps, X0, shower energies) and the expected number of extra particles by
+sqrt(s); Delta and Michel energies scale by sqrt(s) only, so that they stay above the 10-voxel
+evaluation cut at L = 128..192. dE/dx, voxel size and the 0.01 MeV threshold stay physical. At L=512 the per-class counts and
+voxel totals follow the paper's Table I.
+
+Overlaps (as PILArNet, SPEC §6): the energy of a voxel is the sum of all deposits; its semantic and
+instance label are those of the lowest-ranked particle with at least `label_min_mev` in it. Particles
+are ranked HIP, MIP, Delta, Michel, Shower (creation order within a class): dense track cores keep their
+label where daughters and showers overlap them. Instances are then renumbered 0..K-1 in rank order.
+Voxels under `threshold_mev` are dropped; deposits outside the grid are clipped.
+
+Determinism: event i uses the stream `SeedSequence(seed, spawn_key=(i,))`, so generate(n)[:k] ==
+generate(k) and events can be made one at a time (`generate_event`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.special import ndtr
+
+from spice.data.event import PILARNET_FIVETYPES, VOXEL_SIZE_CM, Event
+
+HIP, MIP, SHOWER, DELTA, MICHEL = range(5)
+RANK = {HIP: 0, MIP: 1, DELTA: 2, MICHEL: 3, SHOWER: 4}  # label priority where particles overlap
+M_E, M_MU, M_P = 0.511, 105.66, 938.27  # MeV
+MOYAL_MEAN = 0.5772156649 + np.log(2.0)  # mean of the standard Moyal distribution
+
+
+@dataclass
+class SynthConfig:
+    """Knobs of the generator; defaults reproduce Table I at spatial_size 512."""
+
+    threshold_mev: float = 0.01        # voxels below this are dropped
+    label_min_mev: float = 0.002       # a particle labels a voxel only with at least this much of its own
+    diffusion_voxels: float = 0.55     # transverse spread (Gaussian sigma) of the charge
+    mip_dedx: float = 2.1              # MeV/cm
+    landau_width: float = 0.12         # relative width of the Moyal fluctuation per step
+    x0_cm: float = 14.0                # radiation length of argon
+    critical_mev: float = 30.0         # electrons below this stop radiating
+    pair_min_mev: float = 2.0          # softer photons Compton-scatter instead of converting
+    compton_cm: float = 15.0           # mean distance a soft photon travels
+    blip_cm: float = 4.0               # mean e± path between soft (0.2-1.5 MeV) photon emissions
+    # per-class presence probability, mean and sd of the count when present (Table I)
+    hip_count: tuple[float, float, float] = (0.88, 4.0, 3.0)
+    mip_count: tuple[float, float, float] = (0.97, 5.0, 3.0)
+    shower_count: tuple[float, float, float] = (0.98, 8.4, 4.0)
+    delta_count: tuple[float, float, float] = (0.70, 4.0, 2.0)
+    michel_count: tuple[float, float, float] = (0.31, 2.2, 1.0)
+    extra_vertices: float = 1.0        # Poisson mean of vertices beyond the first
+    from_vertex: tuple[float, float, float] = (0.85, 0.6, 0.6)  # P(from a vertex) for HIP, MIP, Shower
+    colinear: float = 0.1              # P(a vertex particle nearly copies the previous direction)
+    hip_range_cm: tuple[float, float] = (2.5, 50.0)       # log-uniform
+    mip_range_cm: tuple[float, float] = (16.0, 330.0)      # log-uniform, length before leaving/stopping
+    shower_mev: tuple[float, float] = (17.0, 560.0)       # log-uniform primary energy
+    electron_fraction: float = 0.3     # rain showers that start as an electron (no gap)
+    delta_mev: tuple[float, float] = (3.0, 40.0)          # 1/T^2 spectrum
+    michel_visible: float = 0.5        # fraction of the Michel spectrum energy given to the Michel cascade
+    margin: float = 0.05               # fraction of L kept free around vertices and stopping points
+
+
+# ----------------------------------------------------------------------------- geometry and physics
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _isotropic(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n,3) random unit vectors."""
+    return _unit(rng.standard_normal((n, 3)))
+
+
+def _tilt(rng: np.random.Generator, axis: np.ndarray, cos_theta: np.ndarray) -> np.ndarray:
+    """(n,3) unit vectors at polar angle arccos(cos_theta) around `axis` (n,3), uniform azimuth."""
+    r = rng.standard_normal(axis.shape)
+    perp = _unit(r - (r * axis).sum(1, keepdims=True) * axis)
+    sin = np.sqrt(np.clip(1 - cos_theta ** 2, 0, 1))
+    return _unit(cos_theta[:, None] * axis + sin[:, None] * perp)
+
+
+def _highland(p_mev: np.ndarray, mass: float, step_cm: np.ndarray, x0_cm: float) -> np.ndarray:
+    """Plane-projected multiple-scattering angle (rad) over a step of `step_cm`."""
+    e = np.sqrt(p_mev ** 2 + mass ** 2)
+    bcp = p_mev ** 2 / e
+    x = np.maximum(step_cm / x0_cm, 1e-6)
+    return np.clip(13.6 / bcp * np.sqrt(x) * (1 + 0.038 * np.log(x)), 0.0, 1.0)
+
+
+def _momentum(t_mev: np.ndarray, mass: float) -> np.ndarray:
+    return np.sqrt(np.maximum(t_mev, 1e-3) * (np.maximum(t_mev, 1e-3) + 2 * mass))
+
+
+def _landau(rng: np.random.Generator, shape, width: float) -> np.ndarray:
+    """Multiplicative Landau-like (Moyal) factor, mean ~1; Moyal = -ln(Z^2) for Z ~ N(0,1)."""
+    x = -np.log(np.maximum(rng.standard_normal(shape) ** 2, 1e-12))
+    return np.clip(1 + width * (x - MOYAL_MEAN), 0.3, 6.0)
+
+
+def _walk(rng, start, direction, length_vox, theta_fn, step_vox=1.0):
+    """Random-walk polylines, vectorised over n paths.
+
+    start, direction (n,3) voxels; length_vox (n,); theta_fn(k, n_steps, step_vox) -> (n,K) angle per step.
+    Returns a, b (S,3) segment ends, path index (S,), step index (S,), n_steps (n,), step_vox (n,).
+    """
+    n = len(start)
+    n_steps = np.maximum(np.ceil(length_vox / step_vox), 1).astype(np.int64)
+    step = length_vox / n_steps
+    K = int(n_steps.max()) if n else 0
+    k = np.arange(K)[None, :]
+    valid = k < n_steps[:, None]
+    theta = theta_fn(k, n_steps, step) * valid
+    w = direction[:, None, :] + np.cumsum(rng.standard_normal((n, K, 3)) * theta[..., None], axis=1)
+    pts = np.cumsum(_unit(w) * step[:, None, None], axis=1) + start[:, None, :]
+    pts = np.concatenate([start[:, None, :], pts], axis=1)
+    path = np.broadcast_to(np.arange(n)[:, None], (n, K))[valid]
+    return pts[:, :-1][valid], pts[:, 1:][valid], path, np.broadcast_to(k, (n, K))[valid], n_steps, step
+
+
+def traverse(a: np.ndarray, b: np.ndarray):
+    """Exact voxel traversal of straight segments a->b, (M,3) float voxel coordinates.
+
+    Returns (segment (P,) int64, voxel (P,3) int64, length (P,) voxels, fraction (P,3) sub-voxel
+    position of the piece's midpoint): one piece per voxel a segment crosses; lengths sum to |b-a|.
+    """
+    m = len(a)
+    d = b - a
+    fa = np.floor(a)
+    cnt = np.abs(np.floor(b) - fa).astype(np.int64)
+    segs, ts = [np.arange(m), np.arange(m)], [np.zeros(m), np.ones(m)]
+    for ax in range(3):
+        c = cnt[:, ax]
+        seg = np.repeat(np.arange(m), c)
+        j = np.arange(len(seg)) - np.repeat(np.cumsum(c) - c, c)
+        up = d[seg, ax] > 0
+        plane = fa[seg, ax] + np.where(up, j + 1, -j)
+        segs.append(seg)
+        ts.append(np.clip((plane - a[seg, ax]) / d[seg, ax], 0.0, 1.0))
+    seg = np.concatenate(segs)
+    t = np.concatenate(ts)
+    order = np.argsort(2.0 * seg + t, kind="stable")
+    seg, t = seg[order], t[order]
+    same = seg[1:] == seg[:-1]
+    s, t0, t1 = seg[:-1][same], t[:-1][same], t[1:][same]
+    length = (t1 - t0) * np.linalg.norm(d, axis=1)[s]
+    keep = length > 1e-9
+    s, t0, t1, length = s[keep], t0[keep], t1[keep], length[keep]
+    mid = a[s] + (0.5 * (t0 + t1))[:, None] * d[s]
+    vox = np.floor(mid)
+    return s, vox.astype(np.int64), length, mid - vox
+
+
+# ----------------------------------------------------------------------------- particle builders
+
+class _Deposits:
+    """Accumulates segments (a, b, dE/dx MeV/cm, particle) and the particle table of one event."""
+
+    def __init__(self):
+        self.a, self.b, self.dedx, self.pid = [], [], [], []
+        self.cls: list[int] = []
+
+    def new(self, cls: int, n: int = 1) -> np.ndarray:
+        ids = np.arange(len(self.cls), len(self.cls) + n)
+        self.cls.extend([cls] * n)
+        return ids
+
+    def add(self, a, b, dedx, pid):
+        self.a.append(a), self.b.append(b), self.dedx.append(dedx), self.pid.append(pid)
+
+
+def _tracks(rng, dep, cfg, start, direction, length_vox, r_end_cm, kind, pid):
+    """Muon (kind=MIP) or proton (HIP) tracks; r_end_cm = residual range left at the path end."""
+    if len(start) == 0:
+        return None
+    vox = VOXEL_SIZE_CM
+    mass = M_MU if kind == MIP else M_P
+
+    def residual(k, n_steps, step):  # residual range (cm) at the middle of each step
+        return r_end_cm[:, None] + (n_steps[:, None] - k - 0.5) * step[:, None] * vox
+
+    def kinetic(r):
+        return cfg.mip_dedx * r if kind == MIP else 17.0 / 0.58 * np.maximum(r, 0) ** 0.58
+
+    def theta(k, n_steps, step):
+        p = _momentum(kinetic(residual(k, n_steps, step)), mass)
+        return _highland(p, mass, step[:, None] * vox, cfg.x0_cm)
+
+    a, b, path, k, n_steps, step = _walk(rng, start, direction, length_vox, theta)
+    r = r_end_cm[path] + (n_steps[path] - k - 0.5) * step[path] * vox  # residual range per step (cm)
+    if kind == MIP:
+        dedx = np.full(len(a), cfg.mip_dedx)
+    else:  # Bragg curve, averaged over the step near the stopping point
+        dedx = np.minimum(17.0 * np.maximum(r, 0.05) ** -0.42, 60.0)
+    dep.add(a, b, dedx * _landau(rng, len(a), cfg.landau_width), pid[path])
+    return b, path, n_steps
+
+
+def _cascade(rng, dep, cfg, s, start, direction, energy, pid, photon):
+    """Electromagnetic cascades from primaries (electrons, or photons when `photon`), vectorised.
+
+    Energies in MeV and lengths scaled by s; deposits 2.1 MeV/cm along e± legs.
+    """
+    vox = VOXEL_SIZE_CM
+    x0, ecut, pmin = cfg.x0_cm * s, cfg.critical_mev * s, cfg.pair_min_mev * s
+    pos, dirs, e, owner, final = (np.empty((0, 3)), np.empty((0, 3)), np.empty(0),
+                                  np.empty(0, np.int64), np.empty(0, bool))
+
+    def photons(p0, d0, k, who):  # photons -> pair legs (hard) or Compton blips (soft)
+        hard = k >= pmin
+        gap = rng.exponential(np.where(hard, 9 / 7 * x0, cfg.compton_cm * s)) / vox
+        dg = np.where(hard[:, None], d0, _tilt(rng, d0, rng.uniform(0.0, 1.0, len(k))))
+        conv = p0 + dg * gap[:, None]
+        v = rng.uniform(0.05, 0.95, len(k))
+        ang = np.cos(np.minimum(M_E / np.maximum(k, M_E) + 0.02, 0.5))
+        blip_e = k * rng.uniform(0.2, 1.0, len(k))
+        h = np.flatnonzero(hard)
+        newp = np.concatenate([conv[h], conv[h], conv[~hard]])
+        newd = np.concatenate([_tilt(rng, dg[h], ang[h]), _tilt(rng, dg[h], ang[h]),
+                               _isotropic(rng, int((~hard).sum()))])
+        newe = np.concatenate([v[h] * k[h], (1 - v[h]) * k[h], blip_e[~hard]])
+        neww = np.concatenate([who[h], who[h], who[~hard]])
+        newf = np.concatenate([np.zeros(2 * len(h), bool), np.ones(int((~hard).sum()), bool)])
+        return newp, newd, newe, neww, newf
+
+    if photon.any():
+        p = photons(start[photon], direction[photon], energy[photon], pid[photon])
+        pos, dirs, e, owner, final = p
+    el = ~photon
+    pos, dirs = np.concatenate([pos, start[el]]), np.concatenate([dirs, direction[el]])
+    e, owner = np.concatenate([e, energy[el]]), np.concatenate([owner, pid[el]])
+    final = np.concatenate([final, np.zeros(int(el.sum()), bool)])
+
+    for _ in range(64):
+        if len(e) == 0:
+            break
+        final = final | (e < ecut)
+        leg_cm = np.where(final, e / cfg.mip_dedx, np.minimum(rng.exponential(x0, len(e)), e / cfg.mip_dedx))
+        leg_cm = np.maximum(leg_cm, 1e-3)
+        e_mid = e.copy()
+
+        def theta(k, n_steps, step, e_mid=e_mid):
+            ek = e_mid[:, None] - (k + 0.5) * step[:, None] * vox * cfg.mip_dedx
+            return _highland(_momentum(np.maximum(ek, 0.05), M_E), M_E, step[:, None] * vox, cfg.x0_cm)
+
+        a, b, path, _, _, _ = _walk(rng, pos, dirs, leg_cm / vox, theta)
+        dep.add(a, b, cfg.mip_dedx * _landau(rng, len(a), cfg.landau_width), owner[path])
+        last = np.zeros(len(e), np.int64)
+        np.maximum.at(last, path, np.arange(len(path)))
+        end, end_dir = b[last], _unit(b[last] - a[last])
+        e_left = e - leg_cm * cfg.mip_dedx
+        # soft photons radiated along the legs -> isolated Compton-like blips near the shower
+        n_blip = rng.poisson(leg_cm / (cfg.blip_cm * s)) * (~final)
+        blip_leg = np.repeat(np.arange(len(e)), n_blip)
+        first = np.searchsorted(path, blip_leg)
+        n_seg = np.bincount(path, minlength=len(e))[blip_leg]
+        at = first + (rng.random(len(blip_leg)) * n_seg).astype(np.int64)
+        k_blip = rng.uniform(0.2, 1.5, len(blip_leg)) * s
+        e_left = e_left - np.bincount(blip_leg, k_blip, minlength=len(e))
+        bp = photons(a[at], _isotropic(rng, len(at)), np.minimum(k_blip, 0.99 * pmin), owner[blip_leg])
+        go = ~final & (e_left > 0)
+        if not go.any() and len(at) == 0:
+            break
+        u = np.exp(rng.uniform(np.log(0.01), 0.0, len(e)))  # bremsstrahlung fraction, 1/k spectrum
+        k = (u * e_left)[go]
+        gp = photons(end[go], _tilt(rng, end_dir[go], np.cos(np.minimum(M_E / e_left[go] + 0.01, 0.5))),
+                     k, owner[go])
+        pos = np.concatenate([end[go], gp[0], bp[0]])
+        dirs = np.concatenate([end_dir[go], gp[1], bp[1]])
+        e = np.concatenate([((1 - u) * e_left)[go], gp[2], bp[2]])
+        owner = np.concatenate([owner[go], gp[3], bp[3]])
+        final = np.concatenate([np.zeros(int(go.sum()), bool), gp[4], bp[4]])
+
+
+def _michel_energy(rng, n: int) -> np.ndarray:
+    """Michel spectrum x^2 (3 - 2x), x = T / 52.8 MeV, by rejection."""
+    out = np.empty(0)
+    while len(out) < n:
+        x = rng.uniform(0, 1, 4 * n + 8)
+        out = np.concatenate([out, x[rng.uniform(0, 1, len(x)) < x ** 2 * (3 - 2 * x)]])
+    return 52.8 * out[:n]
+
+
+def _count(rng, presence_mean_sd, c: float) -> int:
+    """0 with prob 1-presence, else 1 + negative binomial of mean (mean-1)c and variance sd^2 c."""
+    presence, mean, sd = presence_mean_sd
+    if rng.random() >= presence:
+        return 0
+    mu, var = (mean - 1) * c, sd ** 2 * c
+    if var <= mu:
+        return 1 + int(rng.poisson(mu))
+    return 1 + int(rng.negative_binomial(mu ** 2 / (var - mu), mu / var))
+
+
+def _loguniform(rng, lo_hi, n):
+    lo, hi = lo_hi
+    return np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+
+
+def _exit_distance(p: np.ndarray, d: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Distance along unit d from p (inside [lo,hi]^3) to the box boundary, (n,)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(d > 0, (hi - p) / d, np.where(d < 0, (lo - p) / d, np.inf))
+    return t.min(axis=1)
+
+
+# ----------------------------------------------------------------------------- event assembly
+
+def _build(rng: np.random.Generator, L: int, cfg: SynthConfig) -> _Deposits:
+    s, c = L / 512.0, np.sqrt(L / 512.0)
+    vox = VOXEL_SIZE_CM
+    lo, hi = cfg.margin * L, (1 - cfg.margin) * L
+    dep = _Deposits()
+    vertices = rng.uniform(lo, hi, (1 + rng.poisson(cfg.extra_vertices * c), 3))
+    last_dir = {}
+
+    def origins(n, p_vertex):
+        """Start points and directions: from shared vertices (sometimes co-linear) or rain."""
+        at_v = rng.random(n) < p_vertex
+        vi = rng.integers(0, len(vertices), n)
+        pts = np.where(at_v[:, None], vertices[vi], rng.uniform(lo, hi, (n, 3)))
+        dirs = _isotropic(rng, n)
+        for i in np.flatnonzero(at_v):
+            if vi[i] in last_dir and rng.random() < cfg.colinear:
+                dirs[i] = _tilt(rng, last_dir[vi[i]][None], np.array([np.cos(0.05)]))[0]
+            last_dir[vi[i]] = dirs[i]
+        return pts, dirs
+
+    n_hip, n_mip, n_shw = (_count(rng, x, c) for x in (cfg.hip_count, cfg.mip_count, cfg.shower_count))
+    n_delta = _count(rng, cfg.delta_count, c) if n_mip else 0
+    n_michel = min(_count(rng, cfg.michel_count, c), n_mip)
+
+    # protons: stop inside the grid (range shortened to fit)
+    start, dirs = origins(n_hip, cfg.from_vertex[0])
+    length = np.minimum(_loguniform(rng, cfg.hip_range_cm, n_hip) * s / vox, _exit_distance(start, dirs, lo, hi))
+    _tracks(rng, dep, cfg, start, dirs, length, np.zeros(n_hip), HIP, dep.new(HIP, n_hip))
+
+    # muons/pions: the first n_michel stop inside (and get a Michel), the rest leave or end in flight
+    start, dirs = origins(n_mip, cfg.from_vertex[1])
+    length = _loguniform(rng, cfg.mip_range_cm, n_mip) * s / vox
+    stop = np.arange(n_mip) < n_michel
+    length[stop] = np.minimum(length[stop], _exit_distance(start[stop], dirs[stop], lo, hi))
+    r_end = np.where(stop, 0.0, rng.uniform(20, 500, n_mip) * s)
+    out = _tracks(rng, dep, cfg, start, dirs, length, r_end, MIP, dep.new(MIP, n_mip))
+
+    if n_mip:
+        b, path, _ = out
+        a = dep.a[-1]
+        inside = np.all((b >= 0) & (b < L), axis=1)
+        # delta rays: knock-on electrons from random in-grid points of the muon tracks
+        cand = np.flatnonzero(inside)
+        if n_delta and len(cand):
+            at = cand[rng.integers(0, len(cand), n_delta)]
+            lo_t, hi_t = np.array(cfg.delta_mev) * c
+            t = 1 / rng.uniform(1 / hi_t, 1 / lo_t, n_delta)  # 1/T^2 spectrum
+            cos = np.sqrt(t / (t + 2 * M_E))
+            d = _tilt(rng, _unit(b[at] - a[at]), cos)
+            ids = dep.new(DELTA, n_delta)
+            _cascade(rng, dep, cfg, s, b[at], d, t, ids, np.zeros(n_delta, bool))
+        # Michel electrons at the ends of the stopping muons
+        if n_michel:
+            ends = np.array([np.flatnonzero(path == i)[-1] for i in range(n_michel)])
+            ids = dep.new(MICHEL, n_michel)
+            _cascade(rng, dep, cfg, s, b[ends], _isotropic(rng, n_michel),
+                     _michel_energy(rng, n_michel) * cfg.michel_visible * c, ids, np.zeros(n_michel, bool))
+
+    # showers: photons (with a conversion gap) from vertices, photons or electrons as rain
+    at_vertex = rng.random(n_shw) < cfg.from_vertex[2]
+    start = np.where(at_vertex[:, None], vertices[rng.integers(0, len(vertices), n_shw)],
+                     rng.uniform(lo, hi, (n_shw, 3)))
+    photon = at_vertex | (rng.random(n_shw) >= cfg.electron_fraction)
+    energy = _loguniform(rng, cfg.shower_mev, n_shw) * s
+    _cascade(rng, dep, cfg, s, start, _isotropic(rng, n_shw), energy, dep.new(SHOWER, n_shw), photon)
+    return dep
+
+
+def _voxelise(dep: _Deposits, L: int, cfg: SynthConfig):
+    """Segments -> (coords, energy, particle) with transverse spread, clipping, overlap resolution."""
+    cls = np.asarray(dep.cls, np.int64)
+    if not dep.a or len(cls) == 0:
+        return np.empty((0, 3), np.int64), np.empty(0), np.empty(0, np.int64), cls
+    a, b = np.concatenate(dep.a), np.concatenate(dep.b)
+    dedx, pid = np.concatenate(dep.dedx), np.concatenate(dep.pid)
+    seg, vox, length, frac = traverse(a, b)
+    e = dedx[seg] * length * VOXEL_SIZE_CM
+    # aggregate per (particle, voxel) with the energy-weighted sub-voxel position
+    span = L + 4  # voxel keys with a 2-voxel guard band so neighbours of clipped voxels stay distinct
+    vkey = ((vox[:, 0] + 2) * span + vox[:, 1] + 2) * span + vox[:, 2] + 2
+    near = np.all((vox >= -1) & (vox <= L), axis=1)
+    key = pid[seg][near] * span ** 3 + vkey[near]
+    e, frac = e[near], frac[near]
+    uk, inv = np.unique(key, return_inverse=True)
+    esum = np.bincount(inv, e)
+    fmean = np.stack([np.bincount(inv, e * frac[:, i]) for i in range(3)], 1) / np.maximum(esum, 1e-30)[:, None]
+    p_of, vk = uk // span ** 3, uk % span ** 3
+    v = np.stack([vk // span ** 2, (vk // span) % span, vk % span], 1) - 2
+    # transverse Gaussian spread integrated over the 3x3x3 neighbourhood (separable, renormalised)
+    sig = cfg.diffusion_voxels
+    o = np.arange(-1, 2)
+    w = ndtr((o[None, None, :] + 1 - fmean[..., None]) / sig) - ndtr((o[None, None, :] - fmean[..., None]) / sig)
+    w /= w.sum(2, keepdims=True)  # (n,3 axes,3 offsets)
+    w27 = (w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]).reshape(len(v), 27)
+    off = np.stack(np.meshgrid(o, o, o, indexing="ij"), -1).reshape(27, 3)
+    cv = (v[:, None, :] + off[None]).reshape(-1, 3)
+    ce = (esum[:, None] * w27).ravel()
+    cp = np.repeat(p_of, 27)
+    ok = np.all((cv >= 0) & (cv < L), axis=1) & (ce > 0)
+    cv, ce, cp = cv[ok], ce[ok], cp[ok]
+    # overlap resolution: sum energy per voxel, label = lowest-ranked particle with enough energy
+    rank_of = np.lexsort((np.arange(len(cls)), np.vectorize(RANK.get)(cls)))
+    rank = np.empty(len(cls), np.int64)
+    rank[rank_of] = np.arange(len(cls))
+    r = rank[cp] + np.where(ce >= cfg.label_min_mev, 0, len(cls))
+    lin = (cv[:, 0] * L + cv[:, 1]) * L + cv[:, 2]
+    order = np.argsort(lin * (2 * len(cls)) + r)  # keys unique: one entry per (voxel, particle)
+    lin, ce, r = lin[order], ce[order], r[order]
+    first = np.flatnonzero(np.r_[True, lin[1:] != lin[:-1]])
+    energy = np.add.reduceat(ce, first)
+    winner = rank_of[r[first] % len(cls)]
+    keep = energy >= cfg.threshold_mev
+    lin, energy, winner = lin[first][keep], energy[keep], winner[keep]
+    coords = np.stack([lin // (L * L), (lin // L) % L, lin % L], 1)
+    return coords, energy, winner, cls
+
+
+def _event_from(dep: _Deposits, L: int, cfg: SynthConfig, source) -> Event:
+    coords, energy, particle, cls = _voxelise(dep, L, cfg)
+    present = np.unique(particle)
+    ranks = np.array([RANK[c] for c in cls[present]], np.int64)
+    ordered = present[np.lexsort((present, ranks))]  # rank order, then creation order
+    new_id = np.full(len(cls), -1, np.int64)
+    new_id[ordered] = np.arange(len(ordered))
+    return Event(coords=coords.astype(np.int64), energy=energy.astype(np.float32),
+                 semantic=cls[particle].astype(np.int64) if len(particle) else np.empty(0, np.int64),
+                 instance=new_id[particle], spatial_size=int(L), labels=PILARNET_FIVETYPES, source=source)
+
+
+def _rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+
+
+def generate_event(index: int, spatial_size: int = 512, seed: int = 0, config: SynthConfig | None = None) -> Event:
+    """Event `index` of the synthetic stream `seed` (independent child stream per event)."""
+    cfg = config or SynthConfig()
+    if spatial_size < 16:
+        raise ValueError(f"spatial_size must be at least 16 voxels, got {spatial_size}")
+    dep = _build(_rng(seed, index), int(spatial_size), cfg)
+    return _event_from(dep, int(spatial_size), cfg, (f"synthetic:seed={seed}", int(index)))
+
+
+def generate(n_events: int, spatial_size: int = 512, seed: int = 0, config: SynthConfig | None = None) -> list[Event]:
+    """`n_events` synthetic events on a spatial_size^3 grid of 0.3 cm voxels (see module docstring)."""
+    return [generate_event(i, spatial_size, seed, config) for i in range(int(n_events))]
+
+
+def single_particle(kind: int, start, direction, size: float, spatial_size: int = 512, seed: int = 0,
+                    config: SynthConfig | None = None) -> Event:
+    """One particle alone in the grid, for tests and figures.
+
+    kind: HIP or MIP (size = range in cm, stopping at the end), SHOWER (photon, size = MeV),
+    MICHEL or DELTA (electron, size = MeV). start in voxels, direction any non-zero 3-vector.
+    No grid scaling is applied.
+    """
+    cfg = config or SynthConfig()
+    rng = _rng(seed, 0)
+    dep = _Deposits()
+    p0 = np.asarray(start, float)[None]
+    d0 = _unit(np.asarray(direction, float)[None])
+    ids = dep.new(kind)
+    if kind in (HIP, MIP):
+        _tracks(rng, dep, cfg, p0, d0, np.array([size / VOXEL_SIZE_CM]), np.zeros(1), kind, ids)
+    else:
+        _cascade(rng, dep, cfg, 1.0, p0, d0, np.array([float(size)]), ids, np.array([kind == SHOWER]))
+    return _event_from(dep, int(spatial_size), cfg, (f"synthetic:single:seed={seed}", 0))
+
+
+# ----------------------------------------------------------------------------- command line
+
+def synth_main(argv: list[str] | None = None) -> int:
+    """`spice data synth --out FILE.h5 --events N --size L --seed S`: write a PILArNet-M (v2) file."""
+    parser = argparse.ArgumentParser(prog="spice data synth", description=synth_main.__doc__)
+    parser.add_argument("--out", required=True, type=Path, help="output HDF5 file")
+    parser.add_argument("--events", type=int, default=100)
+    parser.add_argument("--size", type=int, default=512, help="grid size L (voxels of 0.3 cm)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.events < 0:
+        parser.error("--events must be non-negative")
+    from tqdm import tqdm
+
+    from spice.data.pilarnet_m import write_pilarnet_m
+
+    events = [generate_event(i, args.size, args.seed) for i in tqdm(range(args.events), desc="synth", unit="ev")]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".partial")
+    try:
+        write_pilarnet_m(events, tmp, layout="v2")
+        os.replace(tmp, args.out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    print(f"wrote {args.events} events ({args.size}^3, seed {args.seed}) to {args.out}")
+    return 0

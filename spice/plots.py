@@ -1,0 +1,289 @@
+"""Matplotlib figures of the paper, each drawn from a DataFrame (or one Event) and returned as a Figure.
+
+Frames follow docs/CONTRACTS.md: the per-event frame of `spice.evaluate.evaluate` (one row per
+(event, class): class, class_name, ari, purity, efficiency, sbd, n_true, n_pred, net_time_s,
+cluster_time_s, device, method) and `instance_table` (extent_voxels, mean_margin). Save with
+`spice.tables.save_figure`. Nothing here computes a metric; it only draws.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: notebooks and tests never need a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+METRICS = ("purity", "efficiency", "ari", "sbd")
+METRIC_LABELS = {"purity": "Purity", "efficiency": "Efficiency", "ari": "ARI", "sbd": "SBD"}
+LOSS_COLUMNS = ("total", "emb", "mask", "smoothing", "inter", "seed")
+
+
+def _classes(frame: pd.DataFrame, labels=None) -> list[tuple[int, str]]:
+    """(class index, class name) pairs present in `frame`, by class index; names from the
+    `class_name` column, else from `labels` (a sequence indexed by class), else the index."""
+    if "class_name" in frame.columns:
+        pairs = frame[["class", "class_name"]].drop_duplicates().sort_values("class")
+        return [(int(c), str(n)) for c, n in pairs.itertuples(index=False)]
+    return [(int(c), str(labels[int(c)]) if labels is not None else str(c)) for c in sorted(frame["class"].unique())]
+
+
+def _instance_colors(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N,4) RGBA: a random distinct colour per label value (labels < 0 grey), as in the paper's displays."""
+    uniq = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    palette = plt.get_cmap("tab20")(np.arange(20) % 20)
+    order = rng.permutation(max(len(uniq), 1))
+    lut = {u: palette[order[k] % 20] for k, u in enumerate(uniq)}
+    out = np.array([lut[v] for v in labels]) if len(labels) else np.zeros((0, 4))
+    if len(labels):
+        out[labels < 0] = (0.6, 0.6, 0.6, 0.5)
+    return out
+
+
+def _scatter3d(ax, xyz: np.ndarray, colors, title: str, size: float = 1.5):
+    ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=colors, s=size, linewidths=0, depthshade=False)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_zlabel("z")
+    ax.tick_params(labelsize=6)
+
+
+# ---------------------------------------------------------------------------------------------- events
+def fig_event(event, title: str | None = None) -> plt.Figure:
+    """Figure 1: one event as three 3-D scatters: energy (MeV, log colour), semantic class, instance."""
+    fig = plt.figure(figsize=(15, 5))
+    xyz = event.coords.astype(float)
+    ax = fig.add_subplot(1, 3, 1, projection="3d")
+    energy = np.clip(event.energy.astype(float), 1e-3, None)
+    sc = ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=np.log10(energy), cmap="viridis", s=1.5, linewidths=0)
+    ax.set_title("Energy deposition", fontsize=10)
+    fig.colorbar(sc, ax=ax, shrink=0.6, label="log10(E / MeV)")
+    ax = fig.add_subplot(1, 3, 2, projection="3d")
+    cmap = plt.get_cmap("tab10")
+    _scatter3d(ax, xyz, cmap(event.semantic % 10), "Semantic labels")
+    present = sorted(set(event.semantic.tolist()))
+    ax.legend(handles=[plt.Line2D([], [], ls="", marker="o", color=cmap(c % 10), label=event.labels[c])
+                       for c in present], fontsize=7, loc="upper left")
+    ax = fig.add_subplot(1, 3, 3, projection="3d")
+    _scatter3d(ax, xyz, _instance_colors(event.instance), "Instance labels")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def fig_true_vs_pred(coords: np.ndarray, true: np.ndarray, pred: np.ndarray, embedding: np.ndarray | None = None,
+                     title: str | None = None) -> plt.Figure:
+    """Figures 4, 9, 11-16: true instances in the image, (optionally) true instances in embedding space,
+    predicted instances in the image. coords (N,3) voxels, embedding (N,3) normalised units."""
+    panels = 3 if embedding is not None else 2
+    fig = plt.figure(figsize=(5 * panels, 5))
+    xyz = coords.astype(float)
+    _scatter3d(fig.add_subplot(1, panels, 1, projection="3d"), xyz, _instance_colors(true), "True instances")
+    if embedding is not None:
+        _scatter3d(fig.add_subplot(1, panels, 2, projection="3d"), np.asarray(embedding, float),
+                   _instance_colors(true), "Embedding (true instances)")
+    _scatter3d(fig.add_subplot(1, panels, panels, projection="3d"), xyz, _instance_colors(pred, seed=1),
+               "Predicted instances")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ------------------------------------------------------------------------------------ architecture
+def fig_architecture(filters: int, depth: int, reps: int = 2) -> plt.Figure:
+    """Figure 3: the U-shaped network: shared encoder, embedding and seediness decoders, channels per level."""
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.8 * (depth + 1)))
+    levels = depth + 1
+    box = dict(boxstyle="round,pad=0.3", lw=1)
+
+    def block(x, y, text, color):
+        ax.text(x, y, text, ha="center", va="center", fontsize=8, bbox={**box, "fc": color})
+
+    for i in range(levels):
+        y = levels - i
+        ch = (i + 1) * filters
+        block(0, y, f"enc {i}: {reps}x res {ch}ch", "#cfe2f3")
+        block(3, y, f"emb dec {i}: {reps}x res {ch}ch", "#d9ead3")
+        block(6, y, f"seed dec {i}: {reps}x res {ch}ch", "#fce5cd")
+        if i < depth:
+            ax.annotate("", xy=(0, y - 0.65), xytext=(0, y - 0.35), arrowprops=dict(arrowstyle="->"))
+            ax.text(0.15, y - 0.5, "conv2x2 s2", fontsize=6)
+            for x in (3, 6):
+                ax.annotate("", xy=(x, y - 0.35), xytext=(x, y - 0.65), arrowprops=dict(arrowstyle="->"))
+                ax.text(x + 0.15, y - 0.5, "deconv2x2", fontsize=6)
+            ax.plot([1.1, 1.9], [y, y], ls=":", c="k", lw=0.8)
+            ax.plot([1.1, 4.9], [y - 0.1, y - 0.1], ls=":", c="grey", lw=0.8)
+    block(-2.2, levels, "input: [x̂, ŷ, ẑ, E]", "white")
+    block(3, 0.2, "head: tanh(o)+x̂ (3), σ (1)", "#d9ead3")
+    block(6, 0.2, "head: seediness (1)", "#fce5cd")
+    ax.set_xlim(-3.5, 7.5)
+    ax.set_ylim(-0.3, levels + 0.6)
+    ax.axis("off")
+    ax.set_title(f"SPICE: sparse UResNet, F={filters}, depth={depth}, reps={reps} (dotted: skip concatenations)")
+    return fig
+
+
+def fig_loss_curves(losses: pd.DataFrame) -> plt.Figure:
+    """Training losses (log y) vs iteration, the stage boundary marked. Columns: iteration|step, stage?, losses."""
+    xcol = next(c for c in ("iteration", "step", "iter") if c in losses.columns)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for col in LOSS_COLUMNS:
+        if col in losses.columns and losses[col].notna().any():
+            y = losses[col].astype(float)
+            ax.plot(losses[xcol], y.where(y > 0), label=col, lw=1)
+    if "stage" in losses.columns and losses["stage"].nunique() > 1:
+        for x in losses.loc[losses["stage"].ne(losses["stage"].shift()), xcol].iloc[1:]:
+            ax.axvline(x, c="k", ls="--", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel(xcol)
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    ax.set_title("Training losses (dashed: stage 1 -> stage 2)")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------- tuning
+def fig_threshold_heatmaps(grid: pd.DataFrame, value: str = "score", label: str = "mean SBD",
+                           labels=None) -> plt.Figure:
+    """Table II companion: the grid-search objective (column `value`) over (s0, p0), one heat map per
+    class, the best cell starred. `grid` is `spice.tune.grid_search`'s frame [class, s0, p0, score, n]."""
+    classes = _classes(grid, labels)
+    fig, axes = plt.subplots(1, len(classes), figsize=(4 * len(classes), 3.6), squeeze=False)
+    for ax, (c, name) in zip(axes[0], classes):
+        table = grid[grid["class"] == c].pivot_table(index="p0", columns="s0", values=value, aggfunc="mean")
+        s0, p0 = table.columns.to_numpy(float), table.index.to_numpy(float)
+        im = ax.imshow(table.to_numpy(), origin="lower", aspect="auto", cmap="viridis",
+                       extent=(s0.min(), s0.max(), p0.min(), p0.max()) if len(s0) > 1 and len(p0) > 1 else None)
+        iy, ix = np.unravel_index(np.nanargmax(table.to_numpy()), table.shape)
+        if len(s0) > 1 and len(p0) > 1:
+            ax.plot(s0[ix], p0[iy], "r*", ms=10)
+        ax.set_title(f"{name}: best s0={s0[ix]:.2f}, p0={p0[iy]:.3f}", fontsize=9)
+        ax.set_xlabel("s0")
+        ax.set_ylabel("p0")
+        fig.colorbar(im, ax=ax, label=label)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------- evaluation
+def fig_metric_distributions(frame: pd.DataFrame, metrics=("purity", "efficiency", "ari"), bins: int = 25) -> plt.Figure:
+    """Figure 5: per-class histograms of each metric over events (rows: metrics, colours: classes), log y."""
+    classes = _classes(frame)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    edges = np.linspace(-0.5 if "ari" in metrics else 0.0, 1.0, bins + 1)
+    for ax, metric in zip(axes[0], metrics):
+        for c, name in classes:
+            values = frame.loc[frame["class"] == c, metric].dropna().to_numpy(float)
+            ax.hist(values, bins=edges, histtype="step", lw=1.5, label=f"{name} (n={len(values)})")
+        ax.set_yscale("log")
+        ax.set_xlabel(METRIC_LABELS.get(metric, metric))
+        ax.set_ylabel("events")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def count_confusion(frame: pd.DataFrame, max_count: int = 15) -> pd.DataFrame:
+    """Row-normalised table P(n_pred | n_true), counts clipped to `max_count` (rows: n_true, cols: n_pred)."""
+    t = frame["n_true"].clip(upper=max_count).astype(int)
+    p = frame["n_pred"].clip(upper=max_count).astype(int)
+    return pd.crosstab(t, p, normalize="index")
+
+
+def fig_count_confusion(frame: pd.DataFrame, max_count: int = 15) -> plt.Figure:
+    """Figure 7: normalised confusion of predicted vs true instance count, one panel per class."""
+    classes = _classes(frame)
+    fig, axes = plt.subplots(1, len(classes), figsize=(4 * len(classes), 3.8), squeeze=False)
+    for ax, (c, name) in zip(axes[0], classes):
+        conf = count_confusion(frame[frame["class"] == c], max_count)
+        n = max(int(conf.index.max()), int(conf.columns.max())) + 1
+        full = np.zeros((n, n))
+        for i in conf.index:
+            for j in conf.columns:
+                full[i, j] = conf.loc[i, j]
+        im = ax.imshow(full, origin="lower", cmap="Blues", vmin=0, vmax=1)
+        ax.plot([0, n - 1], [0, n - 1], c="r", lw=0.5, ls=":")
+        ax.set_xlabel("predicted instances")
+        ax.set_ylabel("true instances")
+        ax.set_title(name)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def fig_metrics_vs_count(frame: pd.DataFrame, metrics=("purity", "efficiency", "ari"), max_count: int = 15) -> plt.Figure:
+    """Figure 8: box plots (IQR boxes, 1.5 IQR whiskers) of each metric vs true instance count, per class."""
+    classes = _classes(frame)
+    fig, axes = plt.subplots(len(metrics), len(classes), figsize=(3.6 * len(classes), 2.8 * len(metrics)),
+                             squeeze=False)
+    for col, (c, name) in enumerate(classes):
+        sub = frame[frame["class"] == c]
+        counts = sorted(sub["n_true"].clip(upper=max_count).astype(int).unique())
+        for row, metric in enumerate(metrics):
+            ax = axes[row, col]
+            data = [sub.loc[sub["n_true"].clip(upper=max_count) == k, metric].dropna().to_numpy(float) for k in counts]
+            ax.boxplot(data, positions=counts, whis=1.5, widths=0.6, showfliers=False)
+            ax.set_ylim(-0.05 if metric != "ari" else -0.55, 1.05)
+            if row == len(metrics) - 1:
+                ax.set_xlabel("true instances")
+            if col == 0:
+                ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+            if row == 0:
+                ax.set_title(name)
+    fig.tight_layout()
+    return fig
+
+
+def fig_margin_extent(instances: pd.DataFrame, bins: int = 30, labels=None, margin: str = "mean_margin") -> plt.Figure:
+    """Figure 6: learned margin σ (column `margin`) vs true spatial extent (voxels), 2-D histogram per
+    class; `instances` is `spice.evaluate.instance_table` rows."""
+    classes = _classes(instances, labels)
+    fig, axes = plt.subplots(1, len(classes), figsize=(4 * len(classes), 3.6), squeeze=False)
+    for ax, (c, name) in zip(axes[0], classes):
+        sub = instances[instances["class"] == c]
+        h = ax.hist2d(sub["extent_voxels"].to_numpy(float), sub[margin].to_numpy(float), bins=bins,
+                      cmap="viridis", cmin=1)
+        fig.colorbar(h[3], ax=ax, label="instances")
+        ax.set_xlabel("true extent (voxels)")
+        ax.set_ylabel(f"{margin.replace('_', ' ')} σ")
+        ax.set_title(f"{name} (n={len(sub)})")
+    fig.tight_layout()
+    return fig
+
+
+def fig_timing(frame: pd.DataFrame, bins: int = 30) -> plt.Figure:
+    """Figure 10: per-event wall time of the network and of clustering, one histogram per device (named)."""
+    per_event = frame.groupby(["device", "event"], as_index=False)[["net_time_s", "cluster_time_s"]].first()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+    for ax, col, what in zip(axes[0], ("net_time_s", "cluster_time_s"), ("network", "clustering (CPU)")):
+        for device, sub in per_event.groupby("device"):
+            t = sub[col].to_numpy(float)
+            ax.hist(t, bins=bins, histtype="step", lw=1.5, label=f"{device}: mean {t.mean():.3g} s")
+        ax.set_xlabel(f"{what} wall time per event (s)")
+        ax.set_ylabel("events")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig_method_comparison(frame: pd.DataFrame, metrics=("purity", "efficiency", "ari")) -> plt.Figure:
+    """SPICE vs baseline: mean of each metric per class and method (bars, error = standard error)."""
+    classes = _classes(frame)
+    methods = sorted(frame["method"].unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
+    x = np.arange(len(classes))
+    width = 0.8 / max(len(methods), 1)
+    for ax, metric in zip(axes[0], metrics):
+        for k, method in enumerate(methods):
+            g = frame[frame["method"] == method].groupby("class")[metric]
+            mean = np.array([g.mean().get(c, np.nan) for c, _ in classes])
+            sem = np.array([g.sem().get(c, np.nan) for c, _ in classes])
+            ax.bar(x + (k - (len(methods) - 1) / 2) * width, mean, width, yerr=sem, label=method, capsize=2)
+        ax.set_xticks(x, [n for _, n in classes])
+        ax.set_ylabel(f"mean {METRIC_LABELS.get(metric, metric)}")
+        ax.set_ylim(min(0, ax.get_ylim()[0]), 1.05)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,138 @@
+"""spice.evaluate: frame layout and contents against direct predict -> cluster -> score, Figure 6 table,
+atomic saving, and the `spice evaluate` command on a tiny checkpoint."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from spice.cluster import cluster_event
+from spice.data import Event, write_pilarnet_m
+from spice.evaluate import (FRAME_COLUMNS, evaluate, instance_table, load_frame, main, predict,
+                            predict_and_cluster, save_frame)
+from spice.metrics import score_event
+from spice.model import SPICE
+
+L = 32
+THRESHOLDS = {0: (0.0, 0.5), 1: (0.0, 0.5), 2: (0.0, 0.5)}
+
+
+def make_event(rng, n_instances=5, entry=0) -> Event:
+    """Random-walk particles on a 32³ grid, each one class 0..2, plus a few unlabelled voxels."""
+    coords, sem, inst = [], [], []
+    for k in range(n_instances):
+        steps = rng.integers(-1, 2, size=(int(rng.integers(8, 40)), 3))
+        coords.append(np.clip(rng.integers(4, L - 4, 3) + np.cumsum(steps, 0), 0, L - 1))
+        sem += [int(rng.integers(0, 3))] * len(steps)
+        inst += [k] * len(steps)
+    coords.append(rng.integers(0, L, size=(6, 3)))
+    sem += rng.integers(0, 3, 6).tolist()
+    inst += [-1] * 6
+    coords = np.concatenate(coords).astype(np.int64)
+    _, first = np.unique(coords, axis=0, return_index=True)
+    first = np.sort(first)
+    n = len(first)
+    return Event(coords[first], rng.uniform(0.1, 3, n).astype(np.float32), np.array(sem)[first],
+                 np.array(inst)[first], L, source=("mem.h5", entry)).validate()
+
+
+class Oracle(torch.nn.Module):
+    """Perfect outputs from the true instances: one embedding per instance, tiny margins."""
+
+    def forward(self, batch):
+        xhat = (batch.coords[:, 1:].float() - L / 2) / (L / 2)
+        labelled = batch.instance >= 0
+        key = batch.coords[:, 0] * 10_000 + batch.instance
+        _, inv = torch.unique(key, return_inverse=True)
+        n = torch.zeros(int(inv.max()) + 1).index_add_(0, inv, torch.ones(len(inv)))
+        centre = torch.zeros(len(n), 3).index_add_(0, inv, xhat) / n[:, None]
+        emb = torch.where(labelled[:, None], centre[inv], xhat)
+        return {"embedding": emb, "margin": torch.full((len(emb), 1), 0.01),
+                "seediness": torch.where(labelled, 0.9, 0.1)[:, None]}
+
+
+@pytest.fixture(scope="module")
+def events():
+    rng = np.random.default_rng(0)
+    return [make_event(rng, int(rng.integers(2, 8)), entry=i) for i in range(6)]
+
+
+def test_oracle_frame_is_perfect_and_batch_independent(events):
+    df = evaluate(Oracle(), events, THRESHOLDS, progress=False)
+    assert list(df.columns) == list(FRAME_COLUMNS)
+    expected = [(i, r["class"]) for i, ev in enumerate(events)
+                for r in score_event(ev.instance, ev.instance, ev.semantic)]
+    assert list(zip(df.event, df["class"])) == expected and len(expected) > 5
+    assert (df.ari == 1).all() and (df.sbd == 1).all() and (df.n_pred == df.n_true).all()
+    assert (df.method == "spice").all() and (df.device == "cpu").all()
+    assert df.source.iloc[0] == "mem.h5:0" and set(df.class_name) <= {"HIP", "MIP", "Shower"}
+    df2 = evaluate(Oracle(), events, THRESHOLDS, batch_size=4, progress=False)
+    metrics = ["ari", "purity", "efficiency", "sbd", "n_true", "n_pred", "n_voxels"]
+    pd.testing.assert_frame_equal(df[metrics], df2[metrics])
+
+
+def test_tiny_spice_rows_equal_direct_pipeline(events):
+    torch.manual_seed(0)
+    model = SPICE(filters=4, depth=2, reps=1, spatial_size=L).eval()
+    df = evaluate(model, events[:3], THRESHOLDS, min_voxels=5, progress=False)
+    for i, ev in enumerate(events[:3]):
+        out = predict(model, ev)
+        assert out["embedding"].shape == (len(ev), 3) and out["margin"].shape == (len(ev),)
+        assert out["seediness"].shape == (len(ev),) and out["net_time_s"] > 0
+        pred = cluster_event(out, ev.semantic, THRESHOLDS)
+        _, labels = predict_and_cluster(model, ev, THRESHOLDS)
+        np.testing.assert_array_equal(labels, pred)
+        want = pd.DataFrame(score_event(ev.instance, pred, ev.semantic, min_voxels=5))
+        got = df[df.event == i].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)
+    assert (df.net_time_s > 0).all() and (df.cluster_time_s > 0).all()
+
+
+def test_missing_thresholds_is_an_error(events):
+    with pytest.raises(KeyError, match="semantic class"):
+        evaluate(Oracle(), events, {0: (0.0, 0.5)}, progress=False)
+
+
+def test_instance_table_against_loop(events):
+    ev = events[1]
+    margin = np.random.default_rng(1).uniform(0.01, 0.2, len(ev))
+    tab = instance_table(ev, {"margin": margin[:, None]}, event_id=7)
+    pairs = sorted({(int(s), int(i)) for s, i in zip(ev.semantic, ev.instance) if i >= 0})
+    assert list(zip(tab["class"], tab.instance)) == pairs and (tab.event == 7).all()
+    for (c, k), row in zip(pairs, tab.itertuples()):
+        sel = (ev.semantic == c) & (ev.instance == k)
+        xyz = ev.coords[sel].astype(float)
+        d = np.linalg.norm(xyz - xyz.mean(0), axis=1)
+        assert row.n_voxels == sel.sum()
+        assert row.extent_voxels == pytest.approx(np.std(d), abs=1e-9)
+        assert row.mean_margin == pytest.approx(margin[sel].mean())
+        assert row.mean_margin_voxels == pytest.approx(margin[sel].mean() * L / 2)
+    with pytest.raises(ValueError, match="margin has"):
+        instance_table(ev, {"margin": margin[:3]})
+
+
+@pytest.mark.parametrize("name", ["f.csv", "f.parquet"])
+def test_save_frame_round_trip(tmp_path, events, name):
+    df = evaluate(Oracle(), events[:2], THRESHOLDS, progress=False)
+    path = save_frame(df, tmp_path / "sub" / name)
+    pd.testing.assert_frame_equal(load_frame(path), df, check_dtype=False)
+    assert [p.name for p in path.parent.iterdir()] == [name]  # no temporary left behind
+    with pytest.raises(ValueError, match="unknown table format"):
+        save_frame(df, tmp_path / "f.txt")
+
+
+def test_cli(tmp_path, events):
+    torch.manual_seed(0)
+    args = {"filters": 4, "depth": 2, "reps": 1, "spatial_size": L}
+    model = SPICE(**args)
+    torch.save({"model_args": args, "model": model.state_dict()}, tmp_path / "c.pt")
+    data = write_pilarnet_m(events[:2], tmp_path / "ev.h5")
+    (tmp_path / "t.json").write_text(json.dumps({"thresholds": {"0": [0.3, 0.2], "1": [0.3, 0.2],
+                                                                 "2": [0.3, 0.2]}}))
+    out = tmp_path / "frame.csv"
+    assert main(["--checkpoint", str(tmp_path / "c.pt"), "--data", str(data), "--thresholds",
+                 str(tmp_path / "t.json"), "--out", str(out), "--min-voxels", "5"]) == 0
+    df = load_frame(out)
+    assert list(df.columns) == list(FRAME_COLUMNS) and set(df.event) == {0, 1}
+    assert df[["ari", "purity", "efficiency", "sbd"]].notna().all().all()

@@ -1,0 +1,185 @@
+"""The torch sparse backend against dense torch convolutions on the same random volume (float64)."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spice.sparse import SparseTensor, cat, get_backend
+from spice.sparse import layers
+from spice.sparse.kernel_map import offsets3
+
+tb = get_backend("torch")
+D = 6  # dense grid side (even, so stride-2 cells tile it)
+
+
+def random_sites(gen, batch=2, side=D, density=0.3) -> torch.Tensor:
+    """(M,4) int64 [b,x,y,z] active sites, in a shuffled row order."""
+    b, x, y, z = torch.meshgrid(*(torch.arange(n) for n in (batch, side, side, side)), indexing="ij")
+    grid = torch.stack([b, x, y, z], -1).reshape(-1, 4)
+    keep = torch.rand(grid.shape[0], generator=gen) < density
+    sites = grid[keep]
+    return sites[torch.randperm(sites.shape[0], generator=gen)]
+
+
+def densify(coords, feats, batch, side) -> torch.Tensor:
+    """(B, C, side, side, side) volume, zeros at inactive sites; spatial dims in x, y, z order."""
+    vol = feats.new_zeros(batch, feats.shape[1], side, side, side)
+    b, x, y, z = coords.unbind(1)
+    vol[b, :, x, y, z] = feats
+    return vol
+
+
+def read(vol, coords) -> torch.Tensor:
+    b, x, y, z = coords.unbind(1)
+    return vol[b, :, x, y, z]
+
+
+def dense_weight(w, k) -> torch.Tensor:
+    """[k^3, Cin, Cout] x-fastest -> (Cout, Cin, k, k, k) with dims (dx, dy, dz)."""
+    return w.reshape(k, k, k, w.shape[1], w.shape[2]).permute(4, 3, 2, 1, 0)
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)
+
+
+def test_offsets_are_x_fastest():
+    off = offsets3()
+    for k, (dx, dy, dz) in enumerate(off.tolist()):
+        assert k == (dx + 1) + 3 * (dy + 1) + 9 * (dz + 1)
+
+
+def test_submanifold_equals_dense_conv3d(gen):
+    coords = random_sites(gen)
+    feats = torch.randn(coords.shape[0], 3, generator=gen, dtype=torch.float64)
+    w = torch.randn(27, 3, 5, generator=gen, dtype=torch.float64)
+    out = tb.submanifold_conv3(tb.make_input(coords, feats), w)
+    assert out.coords is coords and out.stride == 1
+    ref = read(F.conv3d(densify(coords, feats, 2, D), dense_weight(w, 3), padding=1), coords)
+    assert torch.allclose(out.feats, ref, atol=1e-10, rtol=0)
+
+
+def test_downsample_equals_dense_strided_conv3d(gen):
+    coords = random_sites(gen)
+    feats = torch.randn(coords.shape[0], 4, generator=gen, dtype=torch.float64)
+    w = torch.randn(8, 4, 3, generator=gen, dtype=torch.float64)
+    out = tb.downsample_conv2(tb.make_input(coords, feats), w)
+    expected_sites = torch.unique(torch.cat([coords[:, :1], coords[:, 1:] // 2], 1), dim=0)
+    assert out.stride == 2 and torch.equal(out.coords, expected_sites)  # unique, sorted by (b, x, y, z)
+    ref = read(F.conv3d(densify(coords, feats, 2, D), dense_weight(w, 2), stride=2), out.coords)
+    assert torch.allclose(out.feats, ref, atol=1e-10, rtol=0)
+
+
+def test_upsample_equals_dense_conv_transpose3d(gen):
+    fine = random_sites(gen)
+    x0 = tb.make_input(fine, torch.zeros(fine.shape[0], 1, dtype=torch.float64))
+    coarse_all = torch.unique(torch.cat([fine[:, :1], fine[:, 1:] // 2], 1), dim=0)
+    keep = torch.rand(coarse_all.shape[0], generator=gen) < 0.7  # some target sites get no parent
+    coarse = coarse_all[keep][torch.randperm(int(keep.sum()), generator=gen)]
+    feats = torch.randn(coarse.shape[0], 3, generator=gen, dtype=torch.float64)
+    w = torch.randn(8, 3, 4, generator=gen, dtype=torch.float64)
+    x = SparseTensor(coarse, feats, 2, x0.context)
+    out = tb.upsample_conv2(x, w, x0)
+    assert out.coords is fine and out.stride == 1
+    wt = w.reshape(2, 2, 2, 3, 4).permute(3, 4, 2, 1, 0)  # (Cin, Cout, dx, dy, dz)
+    ref = read(F.conv_transpose3d(densify(coarse, feats, 2, D // 2), wt, stride=2), fine)
+    assert torch.allclose(out.feats, ref, atol=1e-10, rtol=0)
+
+
+def test_events_never_mix(gen):
+    one = random_sites(gen, batch=1)
+    coords = torch.cat([one, one.clone().index_fill_(1, torch.tensor([0]), 1)])  # same sites, two events
+    feats = torch.randn(coords.shape[0], 2, generator=gen, dtype=torch.float64)
+    w3 = torch.randn(27, 2, 2, generator=gen, dtype=torch.float64)
+    w2 = torch.randn(8, 2, 2, generator=gen, dtype=torch.float64)
+    n = one.shape[0]
+
+    def net(c, f):
+        x = tb.make_input(c, f)
+        y = tb.submanifold_conv3(x, w3)
+        return tb.upsample_conv2(tb.downsample_conv2(y, w2), w2, x).feats
+
+    both = net(coords, feats)
+    second = net(one, feats[n:])
+    assert torch.allclose(both[n:], second, atol=1e-12, rtol=0)
+    assert torch.allclose(both[:n], net(one, feats[:n]), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("op", ["subm", "down", "up"])
+def test_gradcheck(op, gen):
+    coords = random_sites(gen, batch=2, side=4, density=0.4)
+    x = tb.make_input(coords, torch.zeros(coords.shape[0], 2, dtype=torch.float64))
+    coarse = tb.downsample_conv2(x, torch.zeros(8, 2, 2, dtype=torch.float64))
+    rows = len(coarse) if op == "up" else len(x)
+    feats = torch.randn(rows, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(27 if op == "subm" else 8, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def fn(f, weight):
+        if op == "subm":
+            return tb.submanifold_conv3(x.with_feats(f), weight).feats
+        if op == "down":
+            return tb.downsample_conv2(x.with_feats(f), weight).feats
+        return tb.upsample_conv2(coarse.with_feats(f), weight, x).feats
+
+    assert torch.autograd.gradcheck(fn, (feats, w), eps=1e-6, atol=1e-8)
+
+
+def _run_twice(gen_seed):
+    g = torch.Generator().manual_seed(gen_seed)
+    coords = random_sites(g, batch=2, side=8, density=0.3)
+    feats = torch.randn(coords.shape[0], 8, generator=g, requires_grad=True)
+    w3 = torch.randn(27, 8, 8, generator=g, requires_grad=True)
+    w2 = torch.randn(8, 8, 8, generator=g, requires_grad=True)
+    x = tb.make_input(coords, feats)
+    y = tb.submanifold_conv3(tb.submanifold_conv3(x, w3), w3)
+    z = tb.upsample_conv2(tb.downsample_conv2(y, w2), w2, x)
+    (z.feats.sin().sum()).backward()
+    return [z.feats.detach(), feats.grad, w3.grad, w2.grad]
+
+
+def test_deterministic_on_cpu():
+    a, b = _run_twice(7), _run_twice(7)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_kernel_maps_are_cached_per_level(gen):
+    coords = random_sites(gen)
+    x = tb.make_input(coords, torch.randn(coords.shape[0], 2, generator=gen))
+    w = torch.randn(27, 2, 2, generator=gen)
+    y = tb.submanifold_conv3(x, w)
+    kmap = x.context.maps[(1, "subm3")][1]
+    tb.submanifold_conv3(y, w)
+    assert x.context.maps[(1, "subm3")][1] is kmap and y.context is x.context
+
+
+def test_bad_input_is_named():
+    coords = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 1]])
+    x = tb.make_input(coords, torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="duplicate sparse coordinate"):
+        tb.submanifold_conv3(x, torch.zeros(27, 1, 1))
+    with pytest.raises(ValueError, match="weight must be"):
+        tb.submanifold_conv3(x, torch.zeros(8, 1, 1))
+    with pytest.raises(ValueError, match="non-negative"):
+        tb.make_input(torch.tensor([[0, -1, 0, 0]]), torch.zeros(1, 1))
+    with pytest.raises(ValueError, match="unknown sparse backend"):
+        get_backend("nope")
+
+
+def test_layers_act_on_features_and_pickle(gen):
+    coords = random_sites(gen)
+    x = tb.make_input(coords, torch.randn(coords.shape[0], 3, generator=gen))
+    bn, act, lin = layers.BatchNorm(3), layers.LeakyReLU(0.33), layers.Linear(3, 2)
+    y = lin(act(bn(x)))
+    ref = F.linear(F.leaky_relu(F.batch_norm(x.feats, None, None, training=True), 0.33), lin.weight, lin.bias)
+    assert torch.allclose(y.feats, ref, atol=1e-6) and y.coords is coords
+    assert cat([x, y]).feats.shape == (coords.shape[0], 5)
+    one = SparseTensor(coords[:1], torch.randn(1, 3), 1, None)
+    assert torch.equal(bn(one).feats, bn.bias.expand(1, 3))  # a lone site is centred, no error
+    conv = layers.SubmanifoldConv3(3, 4, backend="torch")
+    clone = pickle.loads(pickle.dumps(conv))
+    assert torch.equal(clone(x).feats, conv(x).feats)
+    assert conv.weight.shape == (27, 3, 4) and layers.DownConv2(3, 4).weight.shape == (8, 3, 4)
