@@ -45,3 +45,49 @@ MAX_JOBS ?= 2
 minkowski: $(ENV_READY)
 	SPICE_WHEEL_CACHE="$(WHEEL_CACHE)" MAX_JOBS="$(MAX_JOBS)" bash tools/build_minkowski.sh "$(PY)"
 # ---- end minkowski ---------------------------------------------------------------------------------
+
+# ---- notebooks: demo / paper / nb / figures (issue 5) ----------------------------------------------
+# Each notebook's stamp depends on its source, the profile, spice/*.py and its upstream stamps, so a
+# second `make demo` reruns only what changed. `make nb NB=04 PROFILE=demo` reruns one notebook.
+PROFILE ?= demo
+STAMPS := build/stamps/$(PROFILE)
+SPICE_SOURCES := $(shell find spice -name '*.py' 2>/dev/null)
+NB_RUN = $(PY) -m spice.notebooks run --profile $(PROFILE)
+
+nb_deps_00 :=
+nb_deps_01 := 00_data
+nb_deps_02 := 00_data
+nb_deps_03 := 02_train
+nb_deps_04 := 03_tune
+nb_deps_05 := 02_train
+nb_deps_06 := 04_evaluate
+nb_deps_07 := 03_tune
+nb_deps_08 := 04_evaluate
+NB_NAMES := $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.ipynb)))
+
+define NB_RULE
+$(STAMPS)/$(1).done: notebooks/$(1).ipynb notebooks/profiles/$(PROFILE).yaml $(SPICE_SOURCES) $(ENV_READY) \
+		$(foreach d,$(nb_deps_$(firstword $(subst _, ,$(1)))),$(STAMPS)/$(d).done)
+	$(NB_RUN) --nb $(1)
+	@mkdir -p $$(@D) && touch $$@
+endef
+$(foreach n,$(NB_NAMES),$(eval $(call NB_RULE,$(n))))
+
+.PHONY: demo paper figures nb notebooks
+figures: $(foreach n,$(NB_NAMES),$(STAMPS)/$(n).done)
+	$(PY) -m spice.notebooks index
+
+demo:
+	$(MAKE) figures PROFILE=demo
+
+paper:
+	$(MAKE) figures PROFILE=paper
+
+nb: $(ENV_READY)
+	@test -n "$(NB)" || { echo "usage: make nb NB=04 [PROFILE=demo]"; exit 2; }
+	$(NB_RUN) --nb $(NB)
+	$(PY) -m spice.notebooks index
+
+notebooks:
+	$(PY) notebooks/make_notebooks.py
+# ---- end notebooks ---------------------------------------------------------------------------------

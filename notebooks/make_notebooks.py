@@ -118,15 +118,21 @@ import torch
 from spice.train import TrainConfig, train, load_model
 from spice.model import describe
 ''' + PROV,
-        '''def config(stage1, stage2, out_dir):
-    return TrainConfig.from_dict({
+        '''import hashlib
+
+def config(stage1, stage2, name):
+    """TrainConfig; its out_dir is keyed by a hash of the settings, so an unchanged run resumes and a
+    changed one starts afresh."""
+    spec = {
         "data": {"train": data["splits"]["train"]["files"]},
         "model": {"filters": filters, "depth": depth, "reps": reps},
         "stage1_iterations": stage1, "stage2_iterations": stage2, "batch_size": batch_size, "lr": lr,
         "seed": seed, "device": device, "threads": threads, "checkpoint_every": checkpoint_every,
-        "progress": False, "out_dir": str(out_dir)})
+        "progress": False}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    return TrainConfig.from_dict({**spec, "out_dir": str(build / f"{name}-{key}")})
 
-cfg = config(stage1_iterations, stage2_iterations, build / "train")
+cfg = config(stage1_iterations, stage2_iterations, "train")
 if train_subprocess:
     cfg_path = build / "train_config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
@@ -135,7 +141,7 @@ if train_subprocess:
 else:
     checkpoint = train(cfg, resume=True)
 # the untrained network (same seed and architecture, zero iterations): the baseline of Table III
-untrained = train(config(0, 0, build / "untrained"))
+untrained = train(config(0, 0, "untrained"))
 write_state(build, "train", {"checkpoint": str(checkpoint), "untrained": str(untrained), "config": cfg.to_dict()})''',
         '''losses = pd.read_csv(Path(cfg.out_dir) / "losses.csv")
 fig = plots.fig_loss_curves(losses)
@@ -339,6 +345,7 @@ from spice.evaluate import load_frame
 ''' + PROV + '''
 val, test = open_split(data, "val"), open_split(data, "test")
 grid, eps = tune_dbscan([val[i] for i in range(len(val))], min_samples=dbscan_min_samples)
+eps = {c: eps.get(c, 1.8) for c in range(len(test[0].labels))}  # classes absent from validation: 26-connectivity
 db = dbscan_evaluate(test, eps, min_samples=dbscan_min_samples)
 sp = load_frame(read_state(build, "evaluate")["spice"])
 both = pd.concat([sp, db], ignore_index=True)''',

@@ -131,7 +131,7 @@ class Browser:
             raise RuntimeError(f"{expression!r} threw: {res['exceptionDetails']}")
         return res["result"].get("value")
 
-    def open(self, path: Path, ready: str = "window.spiceRendered", timeout: float = 60.0) -> float:
+    def open(self, path: Path, ready: str = "window.spicePainted", timeout: float = 60.0) -> float:
         """Navigate to a local file; wait until `ready` is truthy. Returns seconds from navigation."""
         url = Path(path).resolve().as_uri()
         start = time.monotonic()

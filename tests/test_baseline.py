@@ -1,7 +1,7 @@
 """spice.baseline: DBSCAN labels against scipy connected components, noise handling, frame layout,
 and eps tuning against a direct loop."""
-from pathlib import Path
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,6 +1,8 @@
 """spice.evaluate: frame layout and contents against direct predict -> cluster -> score, Figure 6 table,
 atomic saving, and the `spice evaluate` command on a tiny checkpoint."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -75,13 +77,13 @@ def test_oracle_frame_is_perfect_and_batch_independent(events):
 def test_tiny_spice_rows_equal_direct_pipeline(events):
     torch.manual_seed(0)
     model = SPICE(filters=4, depth=2, reps=1, spatial_size=L).eval()
-    df = evaluate(model, events[:3], THRESHOLDS, min_voxels=5, progress=False)
-    for i, ev in enumerate(events[:3]):
-        out = predict(model, ev)
+    df = evaluate(model, events[:2], THRESHOLDS, min_voxels=5, progress=False)
+    for i, ev in enumerate(events[:2]):
+        out, labels = predict_and_cluster(model, ev, THRESHOLDS)
         assert out["embedding"].shape == (len(ev), 3) and out["margin"].shape == (len(ev),)
         assert out["seediness"].shape == (len(ev),) and out["net_time_s"] > 0
+        np.testing.assert_array_equal(predict(model, ev)["embedding"], out["embedding"])
         pred = cluster_event(out, ev.semantic, THRESHOLDS)
-        _, labels = predict_and_cluster(model, ev, THRESHOLDS)
         np.testing.assert_array_equal(labels, pred)
         want = pd.DataFrame(score_event(ev.instance, pred, ev.semantic, min_voxels=5))
         got = df[df.event == i].reset_index(drop=True)
@@ -136,3 +138,20 @@ def test_cli(tmp_path, events):
     df = load_frame(out)
     assert list(df.columns) == list(FRAME_COLUMNS) and set(df.event) == {0, 1}
     assert df[["ari", "purity", "efficiency", "sbd"]].notna().all().all()
+
+
+DATA = Path(os.environ.get("SPICE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
+
+
+@pytest.mark.skipif(not (DATA / "small_192px.root").exists(), reason="real PILArNet sample absent")
+def test_real_event_end_to_end():
+    from spice.data import read_larcv_root
+    ev = min(read_larcv_root(DATA / "small_192px.root"), key=len)  # the 1671-voxel event
+    torch.manual_seed(0)
+    model = SPICE(filters=4, depth=2, reps=1, spatial_size=ev.spatial_size).eval()
+    th = {c: (0.5, 0.1) for c in range(5)}
+    df = evaluate(model, [ev], th, progress=False)
+    assert len(df) >= 1 and df.class_name.isin(ev.labels).all()
+    assert ((df.ari >= -1) & (df.ari <= 1) & (df.sbd > 0) & (df.sbd <= 1)).all()
+    tab = instance_table(ev, predict(model, ev))
+    assert tab.n_voxels.sum() == (ev.instance >= 0).sum() and (tab.extent_voxels >= 0).all()

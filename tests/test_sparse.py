@@ -183,3 +183,23 @@ def test_layers_act_on_features_and_pickle(gen):
     clone = pickle.loads(pickle.dumps(conv))
     assert torch.equal(clone(x).feats, conv(x).feats)
     assert conv.weight.shape == (27, 3, 4) and layers.DownConv2(3, 4).weight.shape == (8, 3, 4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(gen):
+    coords = random_sites(gen, batch=2, side=8, density=0.3)
+    feats = torch.randn(coords.shape[0], 4, generator=gen, dtype=torch.float64)
+    w3 = torch.randn(27, 4, 4, generator=gen, dtype=torch.float64)
+    w2 = torch.randn(8, 4, 4, generator=gen, dtype=torch.float64)
+
+    def net(device):
+        f = feats.to(device).requires_grad_()
+        ws = [w.to(device).requires_grad_() for w in (w3, w2)]
+        x = tb.make_input(coords.to(device), f)
+        y = tb.upsample_conv2(tb.downsample_conv2(tb.submanifold_conv3(x, ws[0]), ws[1]), ws[1], x)
+        y.feats.square().sum().backward()
+        return [t.detach().cpu() for t in (y.feats, f.grad, *[w.grad for w in ws])]
+
+    for a, b in zip(net("cpu"), net("cuda")):
+        assert torch.allclose(a, b, atol=1e-10, rtol=1e-10)

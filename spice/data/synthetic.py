@@ -16,15 +16,17 @@ Physics model (all lengths in cm unless stated; 1 voxel = 0.3 cm):
   critical energy; soft photons (the softest brems photons and 0.2-1.5 MeV ones emitted every
   ~`blip_cm` along the legs) give Compton-like isolated blips. One instance per primary shower.
   Rain showers start as electrons (no gap) with probability `electron_fraction`.
-- Michel: the same electron cascade from the end of a stopping muon, energy from the Michel spectrum.
+- Michel: the same electron cascade from the end of a stopping muon, energy from the Michel spectrum
+  times `michel_visible` (tuned so Michel voxels per event match Table I).
 - Delta: knock-on electrons (1/T^2 spectrum) off MIP tracks at the kinematic angle.
 - Particles come from shared interaction vertices (sometimes nearly co-linear) or are independent rain.
 
 Scaling with the grid: at spatial_size L every length and energy of the 512-voxel model is multiplied
 by s = L/512 (ranges, gaps, X0, shower energies) and the expected number of extra particles by
 sqrt(s); Delta and Michel energies scale by sqrt(s) only, so that they stay above the 10-voxel
-evaluation cut at L = 128..192. dE/dx, voxel size and the 0.01 MeV threshold stay physical. At L=512 the per-class counts and
-voxel totals follow the paper's Table I.
+evaluation cut at L = 128..192. dE/dx, voxel size and the 0.01 MeV threshold stay physical.
+At L=512 the per-class presence, instance counts and voxel totals follow the paper's Table I (the
+sampled counts are slightly above the targets because particles leaving the grid are lost).
 
 Overlaps (as PILArNet, SPEC §6): the energy of a voxel is the sum of all deposits; its semantic and
 instance label are those of the lowest-ranked particle with at least `label_min_mev` in it. Particles

@@ -82,7 +82,8 @@ def _table_html(summary: pd.DataFrame, metrics: pd.DataFrame | None) -> str:
     if metrics is not None and len(metrics):
         keep = [c for c in ("event", "class_name", *METRIC_COLUMNS, "n_true", "n_pred") if c in metrics]
         frame = summary.merge(metrics[keep], on="event", how="left")
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns if c != "page")
+    names = {"class_name": "class", "ari": "ARI", "n_true": "true in class", "n_pred": "predicted in class"}
+    head = "".join(f"<th>{html.escape(names.get(c, c))}</th>" for c in frame.columns if c != "page")
     body = []
     for rec in frame.to_dict("records"):
         cells = []

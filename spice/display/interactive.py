@@ -153,7 +153,7 @@ def event_figure(event, outputs: dict | None = None, predicted: np.ndarray | Non
         title=dict(text=title or _default_title(event), x=0.5, y=0.99),
         coloraxis=_coloraxis(initial), updatemenus=menus, template="plotly_white",
         margin=dict(l=0, r=0, t=60, b=0), legend=dict(x=0.0, y=0.0, xanchor="left", yanchor="bottom",
-                                                       title=dict(text="class (click to hide)")),
+                                                       itemsizing="constant", title=dict(text="class (click to hide)")),
         scene=dict(domain=dict(x=[0.0, 0.49 if two else right], y=[0, 0.94]), aspectmode="cube",
                    xaxis=dict(title="x [voxel]", **axis), yaxis=dict(title="y [voxel]", **axis),
                    zaxis=dict(title="z [voxel]", **axis), camera=CAMERAS["iso"]),
@@ -202,7 +202,10 @@ function spiceLinkCameras(ev) {
 }
 gd.on('plotly_relayout', spiceLinkCameras);
 gd.on('plotly_relayouting', spiceLinkCameras);
-window.spiceRendered = performance.now();
+window.spiceRendered = performance.now();  // ms after navigation start: first Plotly render done
+requestAnimationFrame(function () {
+  requestAnimationFrame(function () { window.spicePainted = performance.now(); });  // frame on screen
+});
 """
 
 

@@ -10,7 +10,7 @@ from matplotlib import colormaps, colors as mcolors
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
-from spice.display.colors import CONTINUOUS_CMAP, LEVELS, color_modes
+from spice.display.colors import CONTINUOUS_CMAP, LEVELS, MODE_TITLES, color_modes
 
 
 def _box(ax, size: int) -> None:
@@ -33,7 +33,7 @@ def _panel(ax, xyz: np.ndarray, rgba: np.ndarray, lo: float, hi: float, title: s
     ax.set_ylabel(f"y {unit}", fontsize=8)
     ax.set_zlabel(f"z {unit}", fontsize=8)
     ax.tick_params(labelsize=6)
-    ax.view_init(elev=25, azim=-135)  # close to the interactive "iso" preset
+    ax.view_init(elev=28, azim=45)  # the interactive "iso" preset: eye (1.45, 1.45, 1.1)
 
 
 def event_figure_static(event, outputs: dict | None = None, predicted: np.ndarray | None = None,
@@ -69,7 +69,7 @@ def event_figure_static(event, outputs: dict | None = None, predicted: np.ndarra
         bar = fig.colorbar(ScalarMappable(norm, cmap), ax=axes, shrink=0.6, pad=0.02)
         bar.set_ticks(mode.tickvals, labels=mode.ticktext)
         bar.set_label(mode.title)
-    fig.suptitle(title or f"{len(event)} voxels, coloured by {mode.title.lower()}", fontsize=12)
+    fig.suptitle(title or f"{len(event)} voxels, coloured by {MODE_TITLES[mode.name].lower()}", fontsize=12)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,94 @@
+"""The notebook runner, and a smoke run of EVERY notebook with the tiny `smoke` profile (CI executes them all)."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from spice import notebooks as nbrun
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_notebook(path: Path, body: str, params: str = "x = 1\ny = 'a'"):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell("z = x + 1"), nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+def test_every_notebook_has_parameters_and_no_outputs():
+    nbs = nbrun.notebooks()
+    assert [p.stem[:2] for p in nbs] == [f"{i:02d}" for i in range(9)]
+    for path in nbs:
+        nb = nbformat.read(path, as_version=4)
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} has outputs"
+        assert {"profile", "build_dir", "figures_dir", "seed", "device"} <= set(nbrun.declared_parameters(path))
+
+
+def test_every_profile_names_only_declared_parameters():
+    for profile in ("demo", "paper", "smoke"):
+        config = nbrun.load_profile(profile)
+        for path in nbrun.notebooks():
+            params = nbrun.parameters_for(path, config)
+            assert set(params) <= set(nbrun.declared_parameters(path))
+
+
+def test_unknown_parameters_are_errors(tmp_path):
+    _tiny_notebook(tmp_path / "00_a.ipynb", "pass")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "p.yaml").write_text("x: 2\nnot_a_parameter: 3\n")
+    with pytest.raises(nbrun.NotebookError, match="not_a_parameter"):
+        nbrun.run("p", directory=tmp_path, out_root=tmp_path / "out")
+    (tmp_path / "profiles" / "p.yaml").write_text("x: 2\n")
+    with pytest.raises(nbrun.NotebookError, match="has no parameters \\['w'\\]"):
+        nbrun.run("p", overrides={"w": 1}, directory=tmp_path, out_root=tmp_path / "out")
+    with pytest.raises(nbrun.NotebookError, match="no single notebook"):
+        nbrun.resolve("07", tmp_path)
+
+
+def test_failing_cell_names_notebook_and_cell_and_source_untouched(tmp_path):
+    _tiny_notebook(tmp_path / "00_ok.ipynb", "assert z == 42")
+    _tiny_notebook(tmp_path / "01_bad.ipynb", "raise ValueError('boom ' + y)")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "p.yaml").write_text("x: 41\n")
+    before = (tmp_path / "01_bad.ipynb").read_bytes()
+    with pytest.raises(nbrun.NotebookError, match=r"01_bad.ipynb failed in cell 3 .*ValueError: boom b"):
+        nbrun.run("p", overrides={"y": "b"}, directory=tmp_path, out_root=tmp_path / "out")
+    assert (tmp_path / "01_bad.ipynb").read_bytes() == before
+    executed = nbformat.read(tmp_path / "out" / "p" / "00_ok.ipynb", as_version=4)
+    assert any("x = 41" in c.source for c in executed.cells)  # papermill injected the profile value
+    assert json.loads((tmp_path / "out" / "p" / "timings.json").read_text()).keys() == {"00_ok"}
+    assert nbrun.main(["run", "--profile", "nonexistent_profile_xyz"]) == 1
+
+
+@pytest.mark.slow
+def test_smoke_profile_runs_every_notebook(tmp_path):
+    """All notebooks end to end on tiny generated data: every paper table and figure file appears."""
+    figures = tmp_path / "figures"
+    overrides = {"build_dir": str(tmp_path / "build"), "data_dir": str(tmp_path / "data"),
+                 "figures_dir": str(figures)}
+    config = nbrun.load_profile("smoke")
+    times = {}
+    for path in nbrun.notebooks():
+        params = nbrun.parameters_for(path, {**config, **overrides})
+        import time
+        t0 = time.perf_counter()
+        nbrun.run_notebook(path, params, tmp_path / "executed")
+        times[path.stem] = time.perf_counter() - t0
+    for stem in ("table1_dataset", "table2_thresholds", "table3_metrics", "table_ari_fraction", "table_baseline",
+                 "table_timing", "table_architecture"):
+        for ext in (".csv", ".md", ".tex", ".json"):
+            assert (figures / (stem + ext)).exists(), stem + ext
+    for stem in ("fig01_event", "fig03_architecture", "fig04_embedding", "fig05_metric_distributions",
+                 "fig06_margin_extent", "fig07_count_confusion", "fig08_metrics_vs_count", "fig10_timing",
+                 "fig12_track_split", "fig13_colinear_merged", "fig14_postprocessing_merge",
+                 "fig15_showers_merged", "fig16_deposits_split", "fig_losses", "fig_baseline"):
+        assert (figures / (stem + ".png")).stat().st_size > 0 and (figures / (stem + ".pdf")).exists(), stem
+    prov = json.loads((figures / "table3_metrics.json").read_text())
+    assert prov["profile"] == "smoke" and prov["notebook"] == "04_evaluate" and prov["data"]["generator"]
+    index = nbrun.write_index(figures).read_text()
+    assert "table3_metrics.csv" in index and "fig10_timing.png" in index
+    print("smoke notebook seconds:", {k: round(v, 1) for k, v in times.items()})
