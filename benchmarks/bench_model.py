@@ -5,7 +5,7 @@ For every available backend (torch; minkowski when MinkowskiEngine imports), the
 (`spice.data.synthetic.generate`, ~20k voxels): forward time (eval, no_grad), forward+backward time
 (training mode, a sum of the outputs as loss) and peak memory, all per event. Peak memory is
 torch.cuda.max_memory_allocated on CUDA; on CPU the growth of the process's resident high-water mark
-(VmHWM in /proc/self/status, reset through /proc/self/clear_refs before each measurement).
+(VmHWM in /proc/self/status) over the first call, each measurement in a fresh process.
 On CUDA it also times a batch-32 training iteration (forward, SPICE loss, backward, Adam step) against
 the paper's ~10 s on a V100. Writes benchmarks/results/bench_model[_cuda].json with the machine.
 
@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -64,18 +66,23 @@ def rss_now_kib() -> int:
 
 
 def measure(fn, device: torch.device, repeats: int) -> tuple[float, float]:
-    """(best wall seconds over `repeats`, peak memory growth in MiB) of fn()."""
-    fn()  # warm-up: allocator, kernel maps, BLAS
+    """(best wall seconds over `repeats` after a warm-up, peak memory growth of the warm-up in MiB).
+
+    On CPU call this in a fresh process: the allocator keeps freed memory, so only the first run
+    of a process moves the resident high-water mark.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        except OSError:
-            pass
         base = rss_now_kib()
+    fn()  # warm-up (kernel maps, allocator, BLAS) and the memory measurement
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    else:
+        peak = (rss_peak_kib() - base) / 1024
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -83,39 +90,52 @@ def measure(fn, device: torch.device, repeats: int) -> tuple[float, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    else:
-        peak = (rss_peak_kib() - base) / 1024
     return min(times), peak
 
 
-def bench_backend(name: str, device: torch.device, evs: list[Event], batches: list[int], repeats: int,
-                  configs: dict) -> list[dict]:
+def bench_one(name: str, device: str, label: str, bs: int, mode: str, repeats: int, threads: int) -> dict:
+    """Time and memory of one (backend, config, batch, mode in {"forward", "forward_backward"})."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device)
+    evs, _ = events(bs, 512)
+    torch.manual_seed(0)
+    model = SPICE(**CONFIGS[label], reps=2, spatial_size=512, backend=name).to(device)
+    batch = collate(evs[:bs]).to(device)
+
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            model(batch)
+
+    def forward_backward():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        out = model(batch)
+        (out["embedding"].sum() + out["margin"].sum() + out["seediness"].sum()).backward()
+
+    seconds, mib = measure(forward if mode == "forward" else forward_backward, device, repeats)
+    return dict(parameters=count_parameters(model), voxels_per_event=int(batch.coords.shape[0]) / bs,
+                s_per_event=seconds / bs, peak_mib_per_event=mib / bs)
+
+
+def bench_backend(name: str, device: torch.device, batches: list[int], repeats: int, configs: dict,
+                  threads: int) -> list[dict]:
+    """All rows of one backend; on CPU each measurement runs in a fresh process (clean memory peak)."""
     rows = []
-    for label, cfg in configs.items():
-        torch.manual_seed(0)
-        model = SPICE(**cfg, reps=2, spatial_size=512, backend=name).to(device)
+    for label in configs:
         for bs in batches:
-            batch = collate(evs[:bs]).to(device)
-
-            def forward():
-                model.eval()
-                with torch.no_grad():
-                    model(batch)
-
-            def forward_backward():
-                model.train()
-                model.zero_grad(set_to_none=True)
-                out = model(batch)
-                (out["embedding"].sum() + out["margin"].sum() + out["seediness"].sum()).backward()
-
-            f_s, f_mem = measure(forward, device, repeats)
-            fb_s, fb_mem = measure(forward_backward, device, repeats)
-            row = dict(backend=name, device=str(device), config=label, parameters=count_parameters(model),
-                       batch=bs, voxels_per_event=int(batch.coords.shape[0]) / bs,
-                       forward_s_per_event=f_s / bs, forward_backward_s_per_event=fb_s / bs,
-                       forward_peak_mib_per_event=f_mem / bs, forward_backward_peak_mib_per_event=fb_mem / bs)
+            row = dict(backend=name, device=str(device), config=label, batch=bs)
+            for mode in ("forward", "forward_backward"):
+                args = (name, str(device), label, bs, mode, repeats, threads)
+                if device.type == "cpu":
+                    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                        r = pool.submit(bench_one, *args).result()
+                else:
+                    r = bench_one(*args)
+                row.update(parameters=r["parameters"], voxels_per_event=r["voxels_per_event"])
+                row[f"{mode}_s_per_event"] = r["s_per_event"]
+                row[f"{mode}_peak_mib_per_event"] = r["peak_mib_per_event"]
             rows.append(row)
             print(f"{name:9s} {label:13s} batch {bs:2d}: forward {row['forward_s_per_event']:.3f} s/event, "
                   f"forward+backward {row['forward_backward_s_per_event']:.3f} s/event, peak "
@@ -183,7 +203,7 @@ def main(argv=None) -> Path:
           f"torch threads {torch.get_num_threads()}", flush=True)
     result = dict(machine=machine(device), events=source, rows=[], training=[])
     for name in available_backends():
-        result["rows"] += bench_backend(name, device, evs, batches, args.repeats, configs)
+        result["rows"] += bench_backend(name, device, batches, args.repeats, configs, args.threads)
         if device.type == "cuda":
             result["training"].append(bench_training_iteration(name, device, evs, args.repeats))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -379,7 +379,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     with tqdm(total=total, initial=start, disable=not config.progress, desc="spice train",
               dynamic_ncols=True) as bar:
         for batch in loader:
-            if iteration == config.stage1_iterations and stage == 1:
+            if iteration >= config.stage1_iterations and stage == 1:
                 stage = 2
                 set_stage(model, stage)
                 if config.stage2_optimizer == "fresh":
@@ -391,6 +391,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                 outputs = model(batch)
             losses = config.loss(outputs, batch)
             objective = losses["emb"] if stage == 1 else losses["total"]
+            if not torch.isfinite(objective):
+                raise FloatingPointError(f"iteration {iteration + 1} (stage {stage}): non-finite loss "
+                                         f"{ {t: v.item() for t, v in losses.items()} } on events {batch.sources}")
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()

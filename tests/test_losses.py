@@ -230,11 +230,12 @@ def test_embedding_terms_do_not_touch_seediness():
 
 
 # ---------------------------------------------------------------- edge cases and batch averaging
-def single(instance, semantic=None, n=None):
-    instance = np.asarray(instance)
+def single(instance) -> Event:
+    """One event of class 0 with the given instance labels."""
+    instance = np.asarray(instance, dtype=np.int64)
     n = len(instance)
-    semantic = np.zeros(n, dtype=np.int64) if semantic is None else np.asarray(semantic)
-    return Event(np.arange(3 * n).reshape(n, 3) % 8, np.ones(n, dtype=np.float32), semantic, instance, 8)
+    return Event(np.arange(3 * n).reshape(n, 3) % 8, np.ones(n, dtype=np.float32), np.zeros(n, dtype=np.int64),
+                 instance, 8)
 
 
 @pytest.mark.parametrize("instance", [[0, 0, 0, 0], [3], [-1, -1, -1], []])

@@ -131,3 +131,16 @@ def test_single_voxel_event_and_larger_grid_error():
     big = Event(np.array([[3, 4, 5]]), np.array([1.0], np.float32), np.zeros(1, np.int64), np.zeros(1, np.int64), 64)
     with pytest.raises(ValueError, match="larger than the model's spatial_size"):
         small_model()(collate([big]))
+
+
+def test_real_pilarnet_events_run_independently(real_root_file):
+    from spice.data import read_larcv_root
+    events = read_larcv_root(real_root_file)[:2]  # 3827 and 1671 voxels on a 192^3 grid
+    model = small_model(depth=4, spatial_size=192, dtype=torch.float32).eval()
+    together = model(collate(events))
+    alone = model(collate(events[1:]))
+    n0 = len(events[0])
+    assert together["embedding"].shape == (n0 + len(events[1]), 3)
+    for k in alone:
+        assert torch.isfinite(together[k]).all()
+        assert torch.allclose(together[k][n0:], alone[k], atol=1e-5, rtol=1e-5), k

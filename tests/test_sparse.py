@@ -203,3 +203,21 @@ def test_cuda_matches_cpu(gen):
 
     for a, b in zip(net("cpu"), net("cuda")):
         assert torch.allclose(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_autocast_bf16_close_to_float32(gen):
+    coords = random_sites(gen, batch=2, side=8, density=0.3)
+    feats = torch.randn(coords.shape[0], 8, generator=gen, requires_grad=True)
+    w3 = torch.randn(27, 8, 8, generator=gen, requires_grad=True)
+
+    def run(autocast: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = tb.submanifold_conv3(tb.make_input(coords, feats), w3).feats
+        grads = torch.autograd.grad(y.float().square().sum(), (feats, w3))
+        return y, grads
+
+    (y32, g32), (y16, g16) = run(False), run(True)
+    assert y16.dtype == torch.float32 and g16[0].dtype == g16[1].dtype == torch.float32
+    assert not torch.equal(y32, y16)  # the matmuls did run in bf16
+    for a, b in ((y32, y16), *zip(g32, g16)):
+        assert (a - b).norm() / a.norm() < 2e-2

@@ -29,20 +29,32 @@ def _apply_offsets(rows_feats: torch.Tensor, weight: torch.Tensor, counts: list[
     return out
 
 
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on for t's device (e.g. bf16 on CUDA), else t's dtype."""
+    kind = t.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else t.dtype
+
+
 class SparseConvFunction(torch.autograd.Function):
-    """out[o] = Σ_k Σ_{(i,o) in map_k} feats[i] @ W[k]; feats (M, Cin), weight (K, Cin, Cout) -> (n_out, Cout)."""
+    """out[o] = Σ_k Σ_{(i,o) in map_k} feats[i] @ W[k]; feats (M, Cin), weight (K, Cin, Cout) -> (n_out, Cout).
+
+    Under autocast the matmuls run in the autocast dtype and are summed in feats' dtype; the
+    gradients come back in the dtypes of feats and weight.
+    """
 
     @staticmethod
     def forward(ctx, feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+        dtype = _compute_dtype(feats)
+        f, w = feats.to(dtype), weight.to(dtype)
         if kmap.identity >= 0:
-            out = feats @ weight[kmap.identity]
+            out = (f @ w[kmap.identity]).to(feats.dtype)
         else:
             out = feats.new_zeros(kmap.n_out, weight.shape[2])
         if kmap.in_rows.numel():
-            products = _apply_offsets(feats.index_select(0, kmap.in_rows), weight, kmap.counts, transpose=False)
-            out.index_add_(0, kmap.out_rows, products)
+            products = _apply_offsets(f.index_select(0, kmap.in_rows), w, kmap.counts, transpose=False)
+            out.index_add_(0, kmap.out_rows, products.to(feats.dtype))
         ctx.save_for_backward(feats, weight)
-        ctx.kmap = kmap
+        ctx.kmap, ctx.dtype = kmap, dtype
         return out
 
     @staticmethod
@@ -50,28 +62,30 @@ class SparseConvFunction(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         feats, weight = ctx.saved_tensors
         kmap: KernelMap = ctx.kmap
-        grad_out = grad_out.contiguous()
+        f, w, g = feats.to(ctx.dtype), weight.to(ctx.dtype), grad_out.to(ctx.dtype).contiguous()
         has_pairs = kmap.in_rows.numel() > 0
-        grad_rows = grad_out.index_select(0, kmap.out_rows) if has_pairs else None
+        grad_rows = g.index_select(0, kmap.out_rows) if has_pairs else None
         grad_feats = grad_weight = None
         if ctx.needs_input_grad[0]:
             if kmap.identity >= 0:
-                grad_feats = grad_out @ weight[kmap.identity].t()
+                grad_feats = (g @ w[kmap.identity].t()).to(feats.dtype)
             else:
                 grad_feats = torch.zeros_like(feats)
             if has_pairs:
-                grad_feats.index_add_(0, kmap.in_rows, _apply_offsets(grad_rows, weight, kmap.counts, transpose=True))
+                products = _apply_offsets(grad_rows, w, kmap.counts, transpose=True)
+                grad_feats.index_add_(0, kmap.in_rows, products.to(feats.dtype))
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.zeros_like(weight)
+            grad_weight = torch.zeros_like(w)
             if kmap.identity >= 0:
-                torch.mm(feats.t(), grad_out, out=grad_weight[kmap.identity])
+                torch.mm(f.t(), g, out=grad_weight[kmap.identity])
             if has_pairs:
-                rows = feats.index_select(0, kmap.in_rows)
+                rows = f.index_select(0, kmap.in_rows)
                 start = 0
                 for k, n in enumerate(kmap.counts):
                     if n:
                         torch.mm(rows[start:start + n].t(), grad_rows[start:start + n], out=grad_weight[k])
                         start += n
+            grad_weight = grad_weight.to(weight.dtype)
         return grad_feats, grad_weight, None
 
 
