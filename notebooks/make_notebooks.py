@@ -264,7 +264,8 @@ for i in range(n):
     ev = test[i]
     out, pred = predict_and_cluster(model, ev, thresholds, device)
     preds[i] = {"coords": ev.coords, "semantic": ev.semantic, "instance": ev.instance, "pred": np.asarray(pred),
-                "embedding": out["embedding"], "margin": out["margin"].reshape(-1), "labels": ev.labels}''',
+                "embedding": out["embedding"], "margin": out["margin"].reshape(-1),
+                "seediness": out["seediness"].reshape(-1), "labels": ev.labels}''',
         '''rng = np.random.default_rng(seed)
 picks = rng.permutation(n)
 p = preds[int(picks[0])]
@@ -303,7 +304,7 @@ found''',
 chosen = [int(i) for i in picks[:gallery_events]] + [int(r.event) for r in found.itertuples()]
 titles = [f"random test event {i}" for i in picks[:gallery_events]] + \
          [f"Figure {r.figure}: {r.mode} ({r.class_name})" for r in found.itertuples()]
-outputs = [{"embedding": preds[i]["embedding"], "margin": preds[i]["margin"]} for i in chosen]
+outputs = [{k: preds[i][k] for k in ("embedding", "margin", "seediness")} for i in chosen]
 write_gallery([test[i] for i in chosen], outputs, figures / "gallery", predicted=[preds[i]["pred"] for i in chosen],
               titles=titles)''',
     ]),

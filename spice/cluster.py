@@ -65,8 +65,8 @@ def _prepare(embedding, margin, seediness):
             if not bool(torch.isfinite(t).all()):
                 bad = int((~torch.isfinite(t)).sum())
                 raise ValueError(f"{bad} {name} values are NaN or infinite: the network output is broken")
-        if bool((m <= 0).any()):
-            raise ValueError(f"margins must be > 0 (σ = 2·sigmoid), got min {float(m.min())}")
+        if bool((m < 0).any()):
+            raise ValueError(f"margins must be >= 0 (σ = 2·sigmoid), got min {float(m.min())}")
     return e, m, s
 
 
@@ -81,7 +81,9 @@ def _greedy_path(e: torch.Tensor, m: torch.Tensor, s: torch.Tensor, s0s: Sequenc
     if n == 0:
         return [torch.zeros(0, dtype=torch.int64, device=dev) for _ in s0s]
     et = e.T.contiguous()  # (D, N): per-coordinate rows make the distance cheap
-    scale = -0.5 / m.square().clamp_min(torch.finfo(e.dtype).tiny)  # log p = scale_seed · ‖e − c‖²
+    # log p = scale_seed · ‖e − c‖²; a margin that underflowed to 0 (2·sigmoid in float32) becomes the
+    # smallest normal number, so such a seed claims only voxels at its own embedding
+    scale = -0.5 / m.square().clamp_min(torch.finfo(e.dtype).tiny)
     log_p0 = float(np.log(p0)) if p0 > 0 else -float("inf")
     floor = min(s0s)
     wanted = sorted(set(s0s), reverse=True)  # snapshots needed, in the order the seeds reach them

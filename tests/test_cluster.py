@@ -125,10 +125,18 @@ def test_bad_input():
         fit_predict(e, m, s, 1.5, 0.1)
     with pytest.raises(ValueError, match="NaN"):
         fit_predict(e, m, np.array([0.5, np.nan, 0.1]), 0.5, 0.1)
-    with pytest.raises(ValueError, match="margins must be > 0"):
-        fit_predict(e, np.zeros(3), s, 0.5, 0.1)
+    with pytest.raises(ValueError, match="margins must be >= 0"):
+        fit_predict(e, -np.ones(3), s, 0.5, 0.1)
     empty = fit_predict(np.zeros((0, 3)), np.zeros(0), np.zeros(0), 0.5, 0.1)
     assert empty.shape == (0,) and empty.dtype == np.int64
+
+
+def test_zero_margin_seed_claims_only_its_own_embedding():
+    """2·sigmoid underflows to exactly 0 in float32 for very negative logits: a defined result, not an error."""
+    e = np.array([[0.0, 0, 0], [0.0, 0, 0], [0.5, 0, 0], [0.5, 0, 0]], np.float32)
+    m = np.zeros(4, np.float32)
+    s = np.array([0.9, 0.1, 0.8, 0.2], np.float32)
+    assert fit_predict(e, m, s, 0.0, 0.1).tolist() == [0, 0, 1, 1]
 
 
 def test_cluster_event_per_class_unique_ids():

@@ -60,7 +60,7 @@ patch_sources() {  # $1: unpacked sdist
     fi
 }
 
-if ! ls "$DEST"/MinkowskiEngine-*.whl >/dev/null 2>&1; then
+if ! ls "$DEST"/[Mm]inkowski[Ee]ngine-*.whl >/dev/null 2>&1; then
     if [[ -z "$(ldconfig -p 2>/dev/null | grep libopenblas)" && ! -e "${CONDA_PREFIX:-/none}/lib/libopenblas.so" ]]; then
         echo "build_minkowski: OpenBLAS not found; install it first (apt-get install libopenblas-dev)" >&2; exit 1
     fi
@@ -80,9 +80,9 @@ if ! ls "$DEST"/MinkowskiEngine-*.whl >/dev/null 2>&1; then
     (cd "$WORK/MinkowskiEngine-$ME_VERSION" && "$PY" -m pip wheel . --no-deps --no-build-isolation \
         -w "$WORK/wheel" "${options[@]}")
     mkdir -p "$DEST"
-    mv "$WORK"/wheel/MinkowskiEngine-*.whl "$DEST/"
-    echo "built $(basename "$DEST"/MinkowskiEngine-*.whl) in $(( $(date +%s) - start )) s -> $DEST"
+    mv "$WORK"/wheel/[Mm]inkowski[Ee]ngine-*.whl "$DEST/"
+    echo "built $(basename "$DEST"/[Mm]inkowski[Ee]ngine-*.whl) in $(( $(date +%s) - start )) s -> $DEST"
 fi
 
-"$PY" -m pip install --no-deps --force-reinstall "$DEST"/MinkowskiEngine-*.whl
+"$PY" -m pip install --no-deps --force-reinstall "$DEST"/[Mm]inkowski[Ee]ngine-*.whl
 (cd / && "$PY" -c "import MinkowskiEngine as ME; print('MinkowskiEngine', ME.__version__, 'imports OK')")

@@ -10,6 +10,7 @@ moves between backends unchanged. One `ME.CoordinateManager` per forward pass li
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import ModuleType
@@ -26,7 +27,9 @@ def _me() -> ModuleType:
     # ME sets OMP_NUM_THREADS=16 (with a warning) on import when unset; keep torch's choice instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     try:
-        import MinkowskiEngine as ME
+        with warnings.catch_warnings():  # a CPU-only build warns on every import; that is expected here
+            warnings.filterwarnings("ignore", message="The MinkowskiEngine was compiled with CPU_ONLY")
+            import MinkowskiEngine as ME
     except ImportError as err:
         raise ImportError(
             "the 'minkowski' sparse backend needs MinkowskiEngine 0.5.4, which is not importable "
