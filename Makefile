@@ -20,6 +20,8 @@ help:
 	@echo "make test   - set up the environment and run the test suite"
 	@echo "make demo   - set up and run the whole pipeline on CPU on generated events (about 20 min)"
 	@echo "make paper  - the paper reproduction on PILArNet (needs a CUDA GPU and the data)"
+	@echo "make nb NB=04 [PROFILE=demo] [PARAMS='-p n_test 50']  - rerun one notebook, parameters overridden"
+	@echo "make minkowski - build and install the MinkowskiEngine backend (CPU, cached wheel)"
 
 env: $(ENV_READY)
 
@@ -84,8 +86,8 @@ paper:
 	$(MAKE) figures PROFILE=paper
 
 nb: $(ENV_READY)
-	@test -n "$(NB)" || { echo "usage: make nb NB=04 [PROFILE=demo]"; exit 2; }
-	$(NB_RUN) --nb $(NB)
+	@test -n "$(NB)" || { echo "usage: make nb NB=04 [PROFILE=demo] [PARAMS='-p n_test 50']"; exit 2; }
+	$(NB_RUN) --nb $(NB) $(PARAMS)
 	$(PY) -m spice.notebooks index
 
 notebooks:

@@ -65,7 +65,7 @@ else:
         test_files = download(data_source, split=test_split, max_files=max_files, root=out)
     except Exception as err:  # name the dataset and the way out, then fail the notebook
         raise RuntimeError(f"dataset {data_source!r} could not be reached or verified ({err}); "
-                           f"fetch it with `spice data download {data_source}` on a networked machine "
+                           f"fetch it with `spice data download --dataset {data_source}` on a networked machine "
                            f"into {out} and rerun") from err
     # the paper: 100 validation events held out of the test files, the rest is the test set
     splits = {"train": {"files": [str(p) for p in train_files], "range": None},

@@ -17,8 +17,8 @@ from sklearn.cluster import DBSCAN
 from tqdm.auto import tqdm
 
 from spice.evaluate import event_rows, frame
-from spice.metrics import METRICS, contingency, scores, scoring_mask
-from spice.tune import choose
+from spice.metrics import METRICS, contingency, scores
+from spice.tune import choose, scored_classes
 
 DEFAULT_EPS_GRID = np.array([1.0, 1.5, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0])
 
@@ -78,15 +78,7 @@ def tune_dbscan(events: Sequence, eps_grid=DEFAULT_EPS_GRID, min_samples: int = 
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
     for ev in events:
-        scored = scoring_mask(ev.instance, ev.semantic, min_voxels)
-        for c in np.unique(ev.semantic).tolist():
-            if classes is not None and c not in classes:
-                continue
-            idx = np.flatnonzero(ev.semantic == c)
-            keep = scored[idx]
-            if not keep.any():
-                continue
-            true = ev.instance[idx][keep]
+        for c, idx, keep, true in scored_classes(ev, min_voxels, classes):
             acc = sums.setdefault(c, np.zeros(len(eps_grid)))
             for k, eps in enumerate(eps_grid):
                 acc[k] += scores(contingency(true, dbscan_class(ev.coords[idx], eps, min_samples)[keep]))[objective]

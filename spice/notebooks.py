@@ -206,7 +206,9 @@ def write_index(figures: Path = REPO_ROOT / "figures") -> Path:
              "has a `.json` sidecar with its provenance (git commit, profile, data, device, library versions).",
              "", "| Paper item | Notebook | Files |", "|:--|:--|:--|"]
     for item, nb, stems in CATALOG:
-        files = sorted(p.name for stem in stems for p in figures.glob(f"{stem}*") if p.is_file())
+        files = sorted(p.name if p.is_file() else f"{p.name}/index.html"
+                       for stem in stems for p in figures.glob(f"{stem}*")
+                       if p.is_file() or (p / "index.html").is_file())
         shown = ", ".join(f"[{f}]({f})" for f in files) if files else "_not generated yet_"
         lines.append(f"| {item} | `notebooks/{nb}.ipynb` | {shown} |")
     path = figures / "README.md"

@@ -35,6 +35,19 @@ def choose(grid: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
     return g.groupby("class", sort=True).head(1).drop(columns="_r").reset_index(drop=True)
 
 
+def scored_classes(event, min_voxels: int = 10, classes: Sequence[int] | None = None):
+    """Yield (class, voxel indices (n,), keep mask (n,), true instance of the kept voxels) for every
+    class of `event` that has voxels left to score after `spice.metrics.scoring_mask`."""
+    scored = scoring_mask(event.instance, event.semantic, min_voxels)
+    for c in np.unique(event.semantic).tolist():
+        if classes is not None and c not in classes:
+            continue
+        idx = np.flatnonzero(event.semantic == c)
+        keep = scored[idx]
+        if keep.any():
+            yield c, idx, keep, event.instance[idx][keep]
+
+
 def _outputs(model_or_outputs, events: Sequence, device) -> list[dict]:
     if isinstance(model_or_outputs, torch.nn.Module):
         from spice.evaluate import predict
@@ -67,15 +80,7 @@ def grid_search(model_or_outputs, events: Sequence, s0_grid=DEFAULT_S0, p0_grid=
     for ev, out in tqdm(list(zip(events, outputs)), disable=not progress, desc="tune"):
         e, m, s = (torch.as_tensor(np.asarray(_np(out[k]))) for k in OUTPUT_KEYS)
         m, s = m.reshape(-1), s.reshape(-1)
-        scored = scoring_mask(ev.instance, ev.semantic, min_voxels)
-        for c in np.unique(ev.semantic).tolist():
-            if classes is not None and c not in classes:
-                continue
-            idx = np.flatnonzero(ev.semantic == c)
-            keep = scored[idx]
-            if not keep.any():
-                continue
-            true = ev.instance[idx][keep]
+        for c, idx, keep, true in scored_classes(ev, min_voxels, classes):
             table = sums.setdefault(c, np.zeros((len(s0_grid), len(p0_grid))))
             for j, p0 in enumerate(p0_grid):
                 for i, lab in enumerate(fit_predict_path(e[idx], m[idx], s[idx], s0_grid, p0)):

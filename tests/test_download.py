@@ -93,6 +93,20 @@ def test_first_download_pins_checksum(tmp_path, server, capsys):
     assert (tmp_path / "dl/toy/sub/a.bin").read_bytes() == PAYLOAD
 
 
+def test_first_download_pins_event_count(tmp_path, server):
+    from spice.data import write_pilarnet_m
+    from spice.data.synthetic import generate
+    h5 = write_pilarnet_m(generate(3, spatial_size=64, seed=1), tmp_path / "events.h5")
+    base, h = server
+    h.files["events.h5"] = (h5.read_bytes(), "good")
+    m = manifest(tmp_path, base, "events.h5")
+    data = json.loads(m.read_text())
+    data["files"][0]["n_events"] = None
+    m.write_text(json.dumps(data))
+    dl.download(m, root=tmp_path / "dl", progressbar=False)
+    assert json.loads(m.read_text())["files"][0]["n_events"] == 3
+
+
 def test_corrupted_file_rejected(tmp_path, server):
     base, h = server
     h.files["a.bin"] = (PAYLOAD[:-1] + b"X", "good")

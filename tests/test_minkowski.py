@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from dense_reference import dense_weight, densify, read
 
 from spice.sparse import get_backend
 
@@ -34,25 +35,6 @@ def random_sites(gen, density=0.35) -> torch.Tensor:
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 4)
     sites = grid[torch.rand(len(grid), generator=gen) < density]
     return sites[torch.randperm(len(sites), generator=gen)]
-
-
-def dense(coords, feats, side=SIDE) -> torch.Tensor:
-    """(B, C, side, side, side), spatial dims (x, y, z), zeros at inactive sites."""
-    vol = feats.new_zeros(BATCH, feats.shape[1], side, side, side)
-    b, x, y, z = coords.unbind(1)
-    vol[b, :, x, y, z] = feats
-    return vol
-
-
-def at(vol, coords) -> torch.Tensor:
-    b, x, y, z = coords.unbind(1)
-    return vol[b, :, x, y, z]
-
-
-def dense_weight(w, k, transpose=False) -> torch.Tensor:
-    """[k^3, Cin, Cout] (x-fastest) -> conv3d (Cout, Cin, dx, dy, dz), or conv_transpose3d (Cin, Cout, ...)."""
-    w = w.reshape(k, k, k, w.shape[1], w.shape[2])          # [dz, dy, dx, Cin, Cout]
-    return w.permute(3, 4, 2, 1, 0) if transpose else w.permute(4, 3, 2, 1, 0)
 
 
 @pytest.fixture
@@ -88,7 +70,7 @@ def test_submanifold_equals_torch_backend_and_dense(gen):
     ref = tb.submanifold_conv3(tb.make_input(coords, feats), weight)
     assert torch.equal(out.coords, coords) and out.stride == 1
     torch.testing.assert_close(out.feats, ref.feats, atol=TOL, rtol=0)
-    expected = at(F.conv3d(dense(coords, feats), dense_weight(weight, 3), padding=1), coords)
+    expected = read(F.conv3d(densify(coords, feats, BATCH, SIDE), dense_weight(weight, 3), padding=1), coords)
     torch.testing.assert_close(out.feats, expected, atol=TOL, rtol=0)
 
 
@@ -100,7 +82,7 @@ def test_downsample_equals_torch_backend_and_dense(gen):
     coarse = torch.unique(torch.cat([coords[:, :1], coords[:, 1:] // 2], 1), dim=0)  # sorted (b, x, y, z)
     assert torch.equal(out.coords, coarse) and torch.equal(ref.coords, coarse) and out.stride == 2
     torch.testing.assert_close(out.feats, ref.feats, atol=TOL, rtol=0)
-    expected = at(F.conv3d(dense(coords, feats), dense_weight(weight, 2), stride=2), coarse)
+    expected = read(F.conv3d(densify(coords, feats, BATCH, SIDE), dense_weight(weight, 2), stride=2), coarse)
     torch.testing.assert_close(out.feats, expected, atol=TOL, rtol=0)
 
 
@@ -117,8 +99,8 @@ def test_upsample_equals_torch_backend_and_dense(gen):
     (out, coarse, cf), (ref, _, _) = results
     assert torch.equal(out.coords, coords) and out.stride == 1
     torch.testing.assert_close(out.feats, ref.feats, atol=TOL, rtol=0)
-    vol = F.conv_transpose3d(dense(coarse, cf, SIDE // 2), dense_weight(weight, 2, transpose=True), stride=2)
-    torch.testing.assert_close(out.feats, at(vol, coords), atol=TOL, rtol=0)
+    vol = F.conv_transpose3d(densify(coarse, cf, BATCH, SIDE // 2), dense_weight(weight, 2, transpose=True), stride=2)
+    torch.testing.assert_close(out.feats, read(vol, coords), atol=TOL, rtol=0)
 
 
 @needs_me

@@ -6,6 +6,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from dense_reference import dense_weight, densify, read
 
 from spice.sparse import SparseTensor, cat, get_backend
 from spice.sparse import layers
@@ -22,24 +23,6 @@ def random_sites(gen, batch=2, side=D, density=0.3) -> torch.Tensor:
     keep = torch.rand(grid.shape[0], generator=gen) < density
     sites = grid[keep]
     return sites[torch.randperm(sites.shape[0], generator=gen)]
-
-
-def densify(coords, feats, batch, side) -> torch.Tensor:
-    """(B, C, side, side, side) volume, zeros at inactive sites; spatial dims in x, y, z order."""
-    vol = feats.new_zeros(batch, feats.shape[1], side, side, side)
-    b, x, y, z = coords.unbind(1)
-    vol[b, :, x, y, z] = feats
-    return vol
-
-
-def read(vol, coords) -> torch.Tensor:
-    b, x, y, z = coords.unbind(1)
-    return vol[b, :, x, y, z]
-
-
-def dense_weight(w, k) -> torch.Tensor:
-    """[k^3, Cin, Cout] x-fastest -> (Cout, Cin, k, k, k) with dims (dx, dy, dz)."""
-    return w.reshape(k, k, k, w.shape[1], w.shape[2]).permute(4, 3, 2, 1, 0)
 
 
 @pytest.fixture
@@ -85,7 +68,7 @@ def test_upsample_equals_dense_conv_transpose3d(gen):
     x = SparseTensor(coarse, feats, 2, x0.context)
     out = tb.upsample_conv2(x, w, x0)
     assert out.coords is fine and out.stride == 1
-    wt = w.reshape(2, 2, 2, 3, 4).permute(3, 4, 2, 1, 0)  # (Cin, Cout, dx, dy, dz)
+    wt = dense_weight(w, 2, transpose=True)  # (Cin, Cout, dx, dy, dz)
     ref = read(F.conv_transpose3d(densify(coarse, feats, 2, D // 2), wt, stride=2), fine)
     assert torch.allclose(out.feats, ref, atol=1e-10, rtol=0)
 

@@ -10,7 +10,8 @@ from spice.data import download as dl
 def _list(_args) -> int:
     for name in dl.list_datasets():
         m = dl.load_manifest(name)
-        n = sum(f.get("n_events") or 0 for f in m["files"])
+        counts = [f.get("n_events") for f in m["files"]]
+        n = str(sum(counts)) if all(c is not None for c in counts) else "unknown"  # pinned on first download
         print(f"{name:<18} {len(m['files']):>3} files  {n:>9} events  {m.get('description', '')}")
     return 0
 

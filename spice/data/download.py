@@ -141,11 +141,17 @@ def download(dataset, split: str | None = None, max_files: int | None = None, ro
         dest = root / manifest["name"] / entry["path"]
         path = fetch_file(entry["url"], dest, entry.get("sha256"), entry.get("size"), retries, progressbar,
                           timeout, manifest["name"])
+        pinned = []
         if entry.get("sha256") is None or entry.get("size") is None:
             entry["sha256"], entry["size"] = pooch.file_hash(str(path), alg="sha256"), path.stat().st_size
+            pinned.append(f"sha256 {entry['sha256']}, {entry['size']} bytes")
+        if entry.get("n_events") is None:
+            from spice.data.dataset import open_reader  # the event count, from the file's metadata
+            entry["n_events"] = len(open_reader(path))
+            pinned.append(f"{entry['n_events']} events")
+        if pinned:
             _write_json_atomic(mpath, manifest)
-            print(f"pinned {manifest['name']}/{entry['path']}: sha256 {entry['sha256']}, {entry['size']} bytes "
-                  f"(recorded in {mpath})")
+            print(f"pinned {manifest['name']}/{entry['path']}: {', '.join(pinned)} (recorded in {mpath})")
         out.append(path)
     return out
 
