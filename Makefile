@@ -26,7 +26,8 @@ help:
 env: $(ENV_READY)
 
 $(VENV)/.installed: pyproject.toml
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "could not create $(VENV): on Debian/Ubuntu install python3-venv (sudo apt-get install python3-venv)"; exit 1; }
 	$(VENV)/bin/python -m pip install --upgrade pip
 	$(VENV)/bin/python -m pip install torch==2.13.0
 	$(VENV)/bin/python -m pip install -e '.[dev]'

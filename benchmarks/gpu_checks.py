@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,9 +123,10 @@ def check_backend(backend: str, args, device, train_events, infer_events) -> dic
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = timed(step, device, args.iters)
-    res.update(train_iter_s=float(np.median(times)), train_iter_s_all=times,
-               speedup_vs_paper_v100=PAPER_ITER_S / float(np.median(times)),
-               meets_target=float(np.median(times)) <= TARGET_ITER_S)
+    res.update(train_iter_s=float(np.median(times)), train_iter_s_all=times)
+    if not args.quick:  # the paper's 10 s and our 0.5 s target are for batch 32 of ~20k-voxel events
+        res.update(speedup_vs_paper_v100=PAPER_ITER_S / float(np.median(times)),
+                   meets_target=float(np.median(times)) <= TARGET_ITER_S)
     if device.type == "cuda":
         res["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     try:
@@ -208,13 +210,16 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['backend']} | error: {r['error']} | | | | | | |")
             continue
         lines.append(f"| {r['backend']} | {r['voxels_per_batch']} | {r['train_iter_s']:.3f} | "
-                     f"{r['speedup_vs_paper_v100']:.0f}x | {r.get('peak_memory_gib', float('nan')):.1f} | "
+                     f"{r.get('speedup_vs_paper_v100', float('nan')):.0f}x | {r.get('peak_memory_gib', float('nan')):.1f} | "
                      f"{r['bf16_step'].get('finite')} | {r['infer_batch1_s_per_event']:.4f} | "
                      f"{r['infer_batched_s_per_event']:.4f} |")
     c = report.get("clustering", {})
     lines += ["", "Clustering per event on the device: " + ", ".join(
         f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in c.items()), ""]
     return "\n".join(lines)
+
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -237,9 +242,10 @@ def main(argv=None) -> int:
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--tests-timeout", type=int, default=240)
     p.add_argument("--quick", action="store_true", help="tiny sizes: smoke test of this script, numbers meaningless")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
-    if args.quick:
+    if args.quick:  # a smoke test of this script: its numbers are meaningless, so they stay out of results/
+        args.out = Path(tempfile.mkdtemp(prefix="gpu_checks_quick_")) if args.out == DEFAULT_OUT else args.out
         args.batch, args.voxels, args.spatial_size, args.filters, args.depth = 2, 2000, 128, 4, 3
         args.iters, args.warmup, args.infer_events = 2, 1, 2
 

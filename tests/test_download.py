@@ -47,7 +47,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def server():
     Handler.files, Handler.log = {}, []
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", Handler
     httpd.shutdown()
@@ -187,3 +187,103 @@ def test_cli_list_and_verify(tmp_path, monkeypatch, capsys):
     assert "pilarnet_m_mini" in capsys.readouterr().out
     assert cli_main(["verify", "--dataset", "pilarnet_m_mini"]) == 0
     assert capsys.readouterr().out.count("missing") == 3
+
+
+# --- manifests with a `listing`: the file list comes from a tree API at the pinned revision ---
+
+REV = "abc123"
+
+
+@pytest.fixture(scope="module")
+def h5_bytes(tmp_path_factory):
+    """Three small PILArNet-M files (a, b, c), 1, 2 and 3 events."""
+    from spice.data import write_pilarnet_m
+    from spice.data.synthetic import generate
+    d = tmp_path_factory.mktemp("h5")
+    return [write_pilarnet_m(generate(n, spatial_size=32, seed=n), d / f"{n}.h5").read_bytes() for n in (1, 2, 3)]
+
+
+def listed_manifest(tmp_path, base, h, h5_bytes):
+    """A manifest with no files and a listing served by `h`: tr/a.h5 (right LFS oid), tr/b.h5 (wrong
+    oid), tr/c.h5 (no LFS block), plus a folder and a non-.h5 file that must be skipped."""
+    a, b, c = h5_bytes
+    tree = [{"type": "directory", "oid": "0" * 40, "size": 0, "path": "tr/sub"},
+            {"type": "file", "oid": "1" * 40, "size": len(b), "path": "tr/b.h5",
+             "lfs": {"oid": sha(b"not b"), "size": len(b), "pointerSize": 134}},
+            {"type": "file", "oid": "2" * 40, "size": len(a), "path": "tr/a.h5",
+             "lfs": {"oid": sha(a), "size": len(a), "pointerSize": 134}},
+            {"type": "file", "oid": "3" * 40, "size": len(c), "path": "tr/c.h5"},
+            {"type": "file", "oid": "4" * 40, "size": 5, "path": "tr/README.md"}]
+    h.files[f"api/tree/{REV}/tr"] = (json.dumps(tree).encode(), "good")
+    for name, data in zip("abc", h5_bytes):
+        h.files[f"resolve/{REV}/tr/{name}.h5"] = (data, "good")
+    m = {"name": "toy", "revision": REV, "files": [],
+         "listing": {"api": base + "/api/tree/{revision}/{folder}", "resolve": base + "/resolve/{revision}/{path}",
+                     "folders": {"train": "tr"}, "suffix": ".h5"}}
+    p = tmp_path / "toy.json"
+    p.write_text(json.dumps(m))
+    return p
+
+
+def test_listing_pins_entries_then_downloads(tmp_path, server, h5_bytes, capsys):
+    base, h = server
+    a, b, c = h5_bytes
+    m = listed_manifest(tmp_path, base, h, h5_bytes)
+    with pytest.raises(dl.DownloadError, match="rejected dataset 'toy' file b.h5"):
+        dl.download(m, split="train", root=tmp_path / "dl", retries=0, progressbar=False)
+    assert f"pinned the listing of toy split 'train' at revision {REV}: 3 files" in capsys.readouterr().out
+    files = json.loads(m.read_text())["files"]
+    assert [f["path"] for f in files] == ["tr/a.h5", "tr/b.h5", "tr/c.h5"]
+    assert files[0] == {"split": "train", "path": "tr/a.h5", "url": f"{base}/resolve/{REV}/tr/a.h5",
+                        "size": len(a), "sha256": sha(a), "n_events": 1}  # n_events pinned by the download
+    assert files[1]["sha256"] == sha(b"not b") and files[2]["sha256"] is None and files[2]["size"] == len(c)
+    out = tmp_path / "dl/toy/tr"
+    assert (out / "a.h5").read_bytes() == a and sorted(p.name for p in out.iterdir()) == ["a.h5"]
+    assert [n for n, _ in h.log] == [f"api/tree/{REV}/tr", f"resolve/{REV}/tr/a.h5", f"resolve/{REV}/tr/b.h5"]
+    rows = {r["path"]: r["status"] for r in dl.verify(m, root=tmp_path / "dl")}
+    assert rows == {"tr/a.h5": "ok", "tr/b.h5": "missing", "tr/c.h5": "missing"}
+    h.log.clear()
+    [path] = dl.download(m, split="train", max_files=1, root=tmp_path / "dl", progressbar=False)
+    assert path == out / "a.h5" and h.log == []  # pinned entries, file in place: no request at all
+
+
+def test_listing_then_max_files(tmp_path, server, h5_bytes):
+    base, h = server
+    m = listed_manifest(tmp_path, base, h, h5_bytes)
+    paths = dl.download(m, max_files=1, root=tmp_path / "dl", progressbar=False)  # split None: every folder
+    assert paths == [tmp_path / "dl/toy/tr/a.h5"] and len(json.loads(m.read_text())["files"]) == 3
+    assert [n for n, _ in h.log] == [f"api/tree/{REV}/tr", f"resolve/{REV}/tr/a.h5"]
+
+
+def test_listing_unreachable_or_not_json(tmp_path, server, h5_bytes):
+    base, h = server
+    m = listed_manifest(tmp_path, base, h, h5_bytes)
+    h.files[f"api/tree/{REV}/tr"] = (b"<html>rate limited</html>", "good")
+    with pytest.raises(dl.DownloadError, match=f"dataset 'toy' split 'train' from {base}/api/tree/{REV}/tr.*not JSON"):
+        dl.download(m, split="train", root=tmp_path / "dl", progressbar=False)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    data = json.loads(m.read_text())
+    data["listing"]["api"] = f"http://127.0.0.1:{port}/api/tree/{{revision}}/{{folder}}"
+    m.write_text(json.dumps(data))
+    url = f"http://127.0.0.1:{port}/api/tree/{REV}/tr"
+    with pytest.raises(dl.DownloadError, match=f"dataset 'toy' split 'train' from {url}"):
+        dl.download(m, split="train", root=tmp_path / "dl", progressbar=False, timeout=5)
+    assert json.loads(m.read_text())["files"] == []  # nothing pinned by a failed listing
+    with pytest.raises(KeyError, match="splits: \\['train'\\]"):
+        dl.download(m, split="val", root=tmp_path / "dl", progressbar=False)
+
+
+def test_pilarnet_m_v2_is_listed_at_its_revision(tmp_path, monkeypatch, capsys):
+    m = dl.load_manifest("pilarnet_m_v2")
+    assert len(m["revision"]) == 40 and all(f.get("url") for f in m["files"])
+    assert "{revision}" in m["listing"]["api"] and "/resolve/{revision}/{path}" in m["listing"]["resolve"]
+    assert set(m["listing"]["folders"]) == {"train", "val", "test"} and m["listing"]["suffix"] == ".h5"
+    monkeypatch.setenv("SPICE_DATA_DIR", str(tmp_path))
+    assert cli_main(["list"]) == 0
+    [line] = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pilarnet_m_v2")]
+    if dl.unlisted_splits(m):
+        assert "listed on first download" in line
+    assert cli_main(["verify", "--dataset", "pilarnet_m_v2"]) == 0

@@ -11,8 +11,10 @@ def _list(_args) -> int:
     for name in dl.list_datasets():
         m = dl.load_manifest(name)
         counts = [f.get("n_events") for f in m["files"]]
-        n = str(sum(counts)) if all(c is not None for c in counts) else "unknown"  # pinned on first download
-        print(f"{name:<18} {len(m['files']):>3} files  {n:>9} events  {m.get('description', '')}")
+        unlisted = dl.unlisted_splits(m)  # their files are listed on first download
+        n = str(sum(counts)) if all(c is not None for c in counts) and not unlisted else "unknown"
+        later = f" [{'/'.join(unlisted)}: listed on first download]" if unlisted else ""
+        print(f"{name:<18} {len(m['files']):>3} files  {n:>9} events  {m.get('description', '')}{later}")
     return 0
 
 

@@ -6,6 +6,11 @@ with an HTTP Range request. A checksum or size mismatch is an error and leaves n
 final name. Manifests whose sha256/size are null (PILArNet on OSF publishes none) get them recorded
 on first download ("pinned") and verified ever after.
 
+A manifest with a `listing` block (PILArNet-M on the Hub) may leave a split without file entries:
+the first download of that split asks the Hub's tree API for the folder at the pinned revision and
+records every file (path, resolve URL, size, and sha256 = the Git LFS oid) in the manifest, which
+later calls use without asking again.
+
 Files go to `data/downloads/<dataset>/<path>` in the repository, or under env SPICE_DATA_DIR.
 """
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pooch
 import requests
@@ -119,19 +125,80 @@ def fetch_file(url: str, dest: Path, sha256: str | None = None, size: int | None
         raise DownloadError(f"rejected {what}: {exc}; nothing was kept under {dest}") from exc
 
 
+def unlisted_splits(manifest: dict) -> list[str]:
+    """Splits of the manifest's `listing` that have no file entries yet (listed on first download)."""
+    have = {f.get("split") for f in manifest["files"]}
+    return [s for s in manifest.get("listing", {}).get("folders", {}) if s not in have]
+
+
+def _get_json(url: str, what: str, timeout: float):
+    """GET url and decode its JSON body; any failure is a DownloadError naming `what` and url."""
+    try:
+        r = requests.get(url, timeout=timeout)
+        r.raise_for_status()
+    except requests.exceptions.RequestException as exc:
+        raise DownloadError(f"cannot list {what} from {url}: {exc}") from exc
+    try:
+        return json.loads(r.content), r.links.get("next", {}).get("url")
+    except ValueError as exc:
+        raise DownloadError(f"cannot list {what} from {url}: the answer is not JSON ({exc})") from exc
+
+
+def list_split(manifest: dict, split: str, timeout: float = 30) -> list[dict]:
+    """File entries of one split, from the tree API named by the manifest's `listing` at its
+    revision (following `Link: rel=next` pages), sorted by path; sha256 is the LFS oid or null."""
+    listing, revision = manifest["listing"], manifest["revision"]
+    first = url = listing["api"].format(revision=revision, folder=listing["folders"][split])
+    what = f"dataset {manifest['name']!r} split {split!r}"
+    entries = []
+    while url:
+        page, url_next = _get_json(url, what, timeout)
+        if not isinstance(page, list):
+            raise DownloadError(f"cannot list {what} from {url}: expected a JSON list of entries")
+        entries += page
+        url = url_next
+    files = []
+    for e in entries:
+        path = e.get("path", "")
+        if e.get("type") != "file" or not path.endswith(listing.get("suffix", "")):
+            continue
+        lfs = e.get("lfs") or {}
+        files.append({"split": split, "path": path,
+                      "url": listing["resolve"].format(revision=revision, path=quote(path)),
+                      "size": lfs.get("size", e.get("size")), "sha256": lfs.get("oid"), "n_events": None})
+    if not files:
+        raise DownloadError(f"cannot list {what}: no *{listing.get('suffix', '')} files at {first}")
+    return sorted(files, key=lambda f: f["path"])
+
+
+def pin_listing(manifest: dict, mpath: Path, split: str | None = None, timeout: float = 30) -> list[str]:
+    """List the unlisted splits (all, or just `split`), add their files to the manifest and write it.
+    Returns the splits listed."""
+    todo = [s for s in unlisted_splits(manifest) if split is None or s == split]
+    for s in todo:
+        files = list_split(manifest, s, timeout)
+        manifest["files"] += files
+        _write_json_atomic(mpath, manifest)
+        print(f"pinned the listing of {manifest['name']} split {s!r} at revision {manifest['revision']}: "
+              f"{len(files)} files (recorded in {mpath})")
+    return todo
+
+
 def selected_files(manifest: dict, split: str | None = None, max_files: int | None = None) -> list[dict]:
     files = [f for f in manifest["files"] if split is None or f.get("split") == split]
     if split is not None and not files:
-        splits = sorted({f.get("split") for f in manifest["files"]})
+        splits = sorted({f.get("split") for f in manifest["files"]} | set(unlisted_splits(manifest)))
         raise KeyError(f"dataset {manifest['name']!r} has no split {split!r}; splits: {splits}")
     return files[:max_files] if max_files is not None else files
 
 
 def download(dataset, split: str | None = None, max_files: int | None = None, root=None,
              retries: int = 3, progressbar: bool = True, timeout: float = 30) -> list[Path]:
-    """Fetch (and verify) the files of a dataset manifest; pin sha256/size recorded as null."""
+    """Fetch (and verify) the files of a dataset manifest; pin sha256/size recorded as null, and the
+    file list of splits that a `listing` manifest has not listed yet."""
     mpath = manifest_path(dataset)
     manifest = load_manifest(mpath)
+    pin_listing(manifest, mpath, split, timeout)
     root = Path(root) if root is not None else data_root()
     out = []
     for entry in selected_files(manifest, split, max_files):
@@ -158,7 +225,7 @@ def download(dataset, split: str | None = None, max_files: int | None = None, ro
 
 def verify(dataset=None, root=None) -> list[dict]:
     """Check downloaded files against their manifests: one dict per file with status
-    ok / missing / mismatch / unpinned (no sha256 recorded yet)."""
+    ok / missing / mismatch / unpinned (no sha256 recorded yet). Splits not listed yet have no rows."""
     root = Path(root) if root is not None else data_root()
     names = [dataset] if dataset is not None else list_datasets()
     rows = []
