@@ -141,7 +141,7 @@ if train_subprocess:
 else:
     checkpoint = train(cfg, resume=True)
 # the untrained network (same seed and architecture, zero iterations): the baseline of Table III
-untrained = train(config(0, 0, "untrained"))
+untrained = train(config(0, 0, "untrained"), resume=True)
 write_state(build, "train", {"checkpoint": str(checkpoint), "untrained": str(untrained), "config": cfg.to_dict()})''',
         '''losses = pd.read_csv(Path(cfg.out_dir) / "losses.csv")
 fig = plots.fig_loss_curves(losses)

@@ -54,7 +54,8 @@ def save_figure(fig, stem, provenance: dict | None = None, dpi: int = 150) -> li
     for ext in ("png", "pdf"):
         final = stem.with_suffix("." + ext)
         tmp = final.with_name(final.stem + ".tmp." + ext)  # keep the extension so matplotlib picks the format
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        # no creation date in the PDF: the same run gives byte-identical files (provenance is in the .json)
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
         os.replace(tmp, final)
         paths.append(final)
     if provenance is not None:

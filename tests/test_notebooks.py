@@ -92,3 +92,9 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
     index = nbrun.write_index(figures).read_text()
     assert "table3_metrics.csv" in index and "fig10_timing.png" in index
     print("smoke notebook seconds:", {k: round(v, 1) for k, v in times.items()})
+    # a second run (as a second `make demo` after a code change) resumes the finished training runs
+    table3 = (figures / "table3_metrics.csv").read_text()
+    for stem in ("02_train", "04_evaluate"):
+        path = nbrun.resolve(stem)
+        nbrun.run_notebook(path, nbrun.parameters_for(path, {**config, **overrides}), tmp_path / "executed")
+    assert (figures / "table3_metrics.csv").read_text() == table3  # same checkpoints, same numbers

@@ -179,3 +179,22 @@ def test_failures_find_split_track_and_merged_pair():
     # a frame saying event 0 is perfect removes it from the search
     frame = pd.DataFrame({"event": [0, 1, 2], "class": [1, 1, 1], "ari": [1.0, 0.0, 0.0]})
     assert 12 not in find_failures({0: p0, 1: p1, 2: p2}, frame)["figure"].tolist()
+
+
+def test_saved_figures_are_byte_identical_run_to_run(tmp_path):
+    """The same figure saved twice (a second later) gives identical PNG and PDF bytes."""
+    import time
+
+    import matplotlib.pyplot as plt
+
+    from spice.tables import save_figure
+
+    blobs = []
+    for k in range(2):
+        fig, ax = plt.subplots()
+        ax.plot([1, 2, 3], [3, 1, 2])
+        save_figure(fig, tmp_path / f"run{k}" / "fig")
+        plt.close(fig)
+        blobs.append([(tmp_path / f"run{k}" / f"fig.{ext}").read_bytes() for ext in ("png", "pdf")])
+        time.sleep(1.1)
+    assert blobs[0] == blobs[1]
