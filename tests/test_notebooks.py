@@ -98,3 +98,25 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
         path = nbrun.resolve(stem)
         nbrun.run_notebook(path, nbrun.parameters_for(path, {**config, **overrides}), tmp_path / "executed")
     assert (figures / "table3_metrics.csv").read_text() == table3  # same checkpoints, same numbers
+
+
+def test_paper_data_step_fails_clearly_when_the_dataset_cannot_be_reached(tmp_path):
+    """`make paper` without reachable data: 00_data stops naming the dataset, the URL and the way out."""
+    import socket
+
+    with socket.socket() as s:  # a port on this machine that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest = tmp_path / "unreachable_512px.json"
+    manifest.write_text(json.dumps({"name": "unreachable_512px", "files": [
+        {"split": s, "path": f"{s}.root", "url": f"http://127.0.0.1:{port}/{s}.root", "size": None,
+         "sha256": None, "n_events": None} for s in ("train", "test")]}))
+    path = nbrun.resolve("00")
+    config = {**nbrun.load_profile("paper"), "data_source": str(manifest), "data_dir": str(tmp_path / "data"),
+              "build_dir": str(tmp_path / "build"), "figures_dir": str(tmp_path / "figures")}
+    with pytest.raises(nbrun.NotebookError) as err:
+        nbrun.run_notebook(path, nbrun.parameters_for(path, config), tmp_path / "executed")
+    message = str(err.value)
+    assert "00_data.ipynb failed" in message and "unreachable_512px" in message
+    assert f"http://127.0.0.1:{port}/train.root" in message and "spice data download --dataset" in message
+    assert not (tmp_path / "data" / "unreachable_512px" / "train.root").exists()
