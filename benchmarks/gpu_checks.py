@@ -21,6 +21,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -82,9 +83,16 @@ def available_backends(device) -> list[str]:
     return names
 
 
+def cuda_test_files() -> list[str]:
+    """The test files holding @pytest.mark.cuda tests (collecting only these needs only their imports,
+    so a bare GPU machine needs no notebook or browser packages)."""
+    return [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_*.py"))
+            if re.search(r"^@pytest\.mark\.cuda$", p.read_text(), re.MULTILINE)]
+
+
 def run_cuda_tests(timeout: int) -> dict:
-    """`pytest -m cuda` in a subprocess; returns its exit code and the summary line."""
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider"]
+    """`pytest -m cuda` on the files with CUDA tests, in a subprocess; returns its exit code and summary."""
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", *cuda_test_files()]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -179,6 +187,17 @@ def check_clustering(outputs, events, device) -> dict:
     return res
 
 
+def open_device(spec: str, script: str):
+    """(torch.device, its description), or None after saying why when CUDA is asked for but not visible."""
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"{script}: no CUDA device is visible (torch.cuda.is_available() is False), nothing run. Run it on "
+              "a machine with an NVIDIA GPU and a CUDA build of torch (--device cpu --quick smoke-tests it).",
+              file=sys.stderr)
+        return None
+    return device, torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+
+
 def versions(device) -> dict:
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None}
@@ -249,12 +268,10 @@ def main(argv=None) -> int:
         args.batch, args.voxels, args.spatial_size, args.filters, args.depth = 2, 2000, 128, 4, 3
         args.iters, args.warmup, args.infer_events = 2, 1, 2
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_checks: no CUDA device is visible (torch.cuda.is_available() is False), nothing measured. "
-              "Run this on a machine with an NVIDIA GPU and a CUDA build of torch.", file=sys.stderr)
+    opened = open_device(args.device, "gpu_checks")
+    if opened is None:
         return 2
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    device, name = opened
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": name,
               "versions": versions(device), "command": "python " + " ".join([Path(__file__).name] + sys.argv[1:]),
               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -88,6 +88,8 @@ class TrainConfig:
     threads: int = 0                     # CPU threads; 0 = torch default
     checkpoint_every: int = 1000
     keep_checkpoints: bool = False
+    max_minutes: float = 0.0             # wall-clock budget: stop with a checkpoint once spent (0 = none);
+                                         # rerun with resume to continue (batch jobs, time-limited GPUs)
     log_every: int = 50                  # rewrite losses.csv every this many iterations
     progress: bool = True
     out_dir: str = "runs/spice"
@@ -100,6 +102,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("batch_size, checkpoint_every and log_every must be >= 1")
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
 
     @property
     def iterations(self) -> int:
@@ -315,7 +319,10 @@ def tensorboard_writer(out_dir: Path, purge_step: int):
 
 # ------------------------------------------------------------------------------------------ training
 def train(config: TrainConfig, resume: bool = False) -> Path:
-    """Run (or resume) both stages; return the path of the final checkpoint (out_dir/checkpoint.pt)."""
+    """Run (or resume) both stages; return the path of the latest checkpoint (out_dir/checkpoint.pt).
+
+    With `max_minutes` the run may stop early: its checkpoint's "iteration" is then below
+    config.iterations (see `finished`), and train(config, resume=True) continues it exactly."""
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT
@@ -376,6 +383,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
     iteration = start
     tick = time.perf_counter()
+    deadline = tick + 60 * config.max_minutes if config.max_minutes > 0 else None
     with tqdm(total=total, initial=start, disable=not config.progress, desc="spice train",
               dynamic_ncols=True) as bar:
         for batch in loader:
@@ -409,16 +417,28 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                     writer.add_scalar(f"loss/{t}", row[t], iteration)
             bar.set_postfix(stage=stage, loss=f"{row['total']:.4f}", emb=f"{row['emb']:.4f}")
             bar.update(1)
-            if iteration % config.checkpoint_every == 0 or iteration == total:
+            out_of_time = deadline is not None and now >= deadline and iteration < total
+            if iteration % config.checkpoint_every == 0 or iteration == total or out_of_time:
                 checkpoint_now(iteration)
             elif iteration % config.log_every == 0:
                 write_csv(out_dir / "losses.csv", rows)
+            if out_of_time:
+                tqdm.write(f"spice train: max_minutes={config.max_minutes:g} spent at iteration {iteration} of "
+                           f"{total}; {ckpt_path} saved, resume to continue")
+                break
     if iteration == start:  # nothing left to do (e.g. resuming a finished run): make sure a checkpoint exists
         if not ckpt_path.exists():
             checkpoint_now(iteration)
     if writer is not None:
         writer.close()
     return ckpt_path
+
+
+def finished(checkpoint: str | Path) -> bool:
+    """Whether a training checkpoint has run all of its config's iterations (False after a max_minutes stop)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    config = TrainConfig.from_dict(state["config"])
+    return int(state["iteration"]) >= config.iterations
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"):

@@ -48,11 +48,12 @@ def scored_classes(event, min_voxels: int = 10, classes: Sequence[int] | None = 
             yield c, idx, keep, event.instance[idx][keep]
 
 
-def _outputs(model_or_outputs, events: Sequence, device) -> list[dict]:
+def _outputs(model_or_outputs, events: Sequence, device, progress: bool = False) -> list[dict]:
     if isinstance(model_or_outputs, torch.nn.Module):
         from spice.evaluate import predict
         model = model_or_outputs.to(device).eval()
-        return [predict(model, ev, device) for ev in tqdm(events, desc="network", leave=False)]
+        return [predict(model, ev, device) for ev in tqdm(events, desc="network", leave=False,
+                                                                  disable=not progress)]
     outputs = list(model_or_outputs)
     if len(outputs) != len(events):
         raise ValueError(f"{len(outputs)} output dicts for {len(events)} events")
@@ -74,7 +75,7 @@ def grid_search(model_or_outputs, events: Sequence, s0_grid=DEFAULT_S0, p0_grid=
         raise ValueError(f"objective must be one of {METRICS}, got {objective!r}")
     s0_grid, p0_grid = [float(x) for x in s0_grid], [float(x) for x in p0_grid]
     events = list(events)
-    outputs = _outputs(model_or_outputs, events, device)
+    outputs = _outputs(model_or_outputs, events, device, progress)
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
     for ev, out in tqdm(list(zip(events, outputs)), disable=not progress, desc="tune"):

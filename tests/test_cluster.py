@@ -92,6 +92,7 @@ def test_torch_input_float32_and_shapes():
     np.testing.assert_array_equal(got.numpy(), ref)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu():
     rng = np.random.default_rng(3)

@@ -193,3 +193,38 @@ def test_makefile_minkowski_target():
     assert target, "Makefile has no minkowski target"
     assert "tools/build_minkowski.sh" in target[1] and "$(PY)" in target[1]
     assert re.search(r"^WHEEL_CACHE \?= \$\(HOME\)/\.cache/spice/wheels", text, re.M)
+
+
+def test_every_cuda_test_carries_the_cuda_marker():
+    """benchmarks/gpu_checks.py runs `pytest -m cuda`: a test that skips without CUDA but lacks the marker
+    would never run anywhere."""
+    import ast
+    unmarked, marked = [], 0
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef) or not node.name.startswith("test"):
+                continue
+            decorators = [ast.unparse(d) for d in node.decorator_list]
+            needs_cuda = any("not torch.cuda.is_available()" in d for d in decorators)
+            has_marker = "pytest.mark.cuda" in decorators
+            marked += has_marker
+            if needs_cuda and not has_marker:
+                unmarked.append(f"{path.name}::{node.name}")
+    assert not unmarked, f"add @pytest.mark.cuda to {unmarked}"
+    assert marked >= 5  # sparse ops, whole network, bf16 training, clustering, MinkowskiEngine
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+@pytest.mark.parametrize("active, python", [({}, ".venv/bin/python"), ({"CONDA_DEFAULT_ENV": "base"}, ".venv/bin/python"),
+                                            ({"CONDA_DEFAULT_ENV": "spice"}, "python"),
+                                            ({"VIRTUAL_ENV": "/opt/other-venv"}, "python")])
+def test_make_uses_an_active_environment_instead_of_venv(active, python):
+    """environment.yml users run `make test` in their conda env (not conda's base); .venv is made otherwise."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_DEFAULT_ENV")} | active
+    for target in ("test", "demo"):
+        out = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        runs = [line for line in out.stdout.splitlines() if " -m pytest" in line or " -m spice.notebooks run" in line]
+        assert runs and all(line.startswith(python + " -m") for line in runs), out.stdout
+        assert (".venv" in out.stdout) == (python == ".venv/bin/python")

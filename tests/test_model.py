@@ -84,6 +84,24 @@ def test_deterministic_forward_and_backward_float32():
     assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_forward_and_backward_match_cpu():
+    """The whole network in float64 gives the CPU's outputs and gradients on CUDA."""
+    batch = collate([track_event(8, n_steps=300), track_event(9, n_steps=300)])
+
+    def run(device):
+        model = small_model(seed=2, depth=2, reps=2).to(device)
+        out = model(batch.to(device))
+        g = torch.Generator().manual_seed(1)  # the same loss weights on both devices
+        loss = sum((v * torch.randn(v.shape, generator=g, dtype=v.dtype).to(device)).sum() for v in out.values())
+        loss.backward()
+        return [v.detach().cpu() for v in out.values()] + [p.grad.cpu() for p in model.parameters()]
+
+    for a, b in zip(run("cpu"), run("cuda"), strict=True):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
 def test_gradient_reaches_every_parameter():
     batch = collate([track_event(6, n_steps=300), track_event(7, n_steps=300)])
     model = small_model(depth=2, reps=2)

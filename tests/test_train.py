@@ -10,9 +10,10 @@ import torch
 import yaml
 
 import spice.train as train_mod
-from spice.data.event import Event
+from spice.data.event import Event, collate
 from spice.losses import SPICELoss
-from spice.train import (BatchStream, TrainConfig, build_model, load_model, seediness_modules, train)
+from spice.train import (BatchStream, TrainConfig, build_model, finished, load_model, seediness_modules,
+                         train)
 
 REPO = train_mod.Path(__file__).resolve().parents[1]
 
@@ -168,6 +169,36 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, line_events, mon
     rows_b = list(csv.DictReader(open(tmp_path / "b" / "losses.csv")))
     assert [r["iteration"] for r in rows_b] == [str(i) for i in range(1, 7)]
     assert [r["total"] for r in rows_a] == [r["total"] for r in rows_b]
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes_identically(tmp_path, line_events):
+    straight = train(tiny_config(tmp_path, out_dir=str(tmp_path / "a")))
+    cfg = tiny_config(tmp_path, out_dir=str(tmp_path / "b"), max_minutes=1e-9)  # spent after one iteration
+    for expected in (1, 2):  # each call runs one iteration, checkpoints it and stops
+        path = train(cfg, resume=True)
+        assert torch.load(path, weights_only=True)["iteration"] == expected and not finished(path)
+    done = train(tiny_config(tmp_path, out_dir=str(tmp_path / "b")), resume=True)
+    assert finished(done) and finished(straight)
+    a, b = torch.load(straight, weights_only=True), torch.load(done, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    rows = list(csv.DictReader(open(tmp_path / "b" / "losses.csv")))
+    assert [r["iteration"] for r in rows] == [str(i) for i in range(1, 7)]
+    with pytest.raises(ValueError, match="max_minutes"):
+        tiny_config(tmp_path, max_minutes=-1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_training_is_finite_and_loads_on_cpu(tmp_path, line_events):
+    """Both stages on CUDA under bf16 autocast: every logged loss finite; the checkpoint loads on the CPU."""
+    path = train(tiny_config(tmp_path, device="cuda", bf16=True))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "losses.csv")))
+    assert [int(r["stage"]) for r in rows] == [1, 1, 1, 2, 2, 2]
+    assert all(np.isfinite(float(r[t])) for r in rows for t in ("total", "emb", "mask", "seed"))
+    model = load_model(path, "cpu")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    out = model(collate([line_events[0]]))
+    assert all(torch.isfinite(v).all() for v in out.values())
 
 
 def test_losses_csv_checkpoint_contents_and_load_model(tmp_path, line_events):
