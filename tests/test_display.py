@@ -397,3 +397,13 @@ def test_real_pilarnet_event(real_root_file, tmp_path):
             browser.open(path)
             img = mpimg.imread(browser.screenshot(tmp_path / "real_page.png"))
             assert _coloured_fraction(img[120:]) > 0.001 and browser.errors == []
+
+
+def test_marker_size_shrinks_for_large_events():
+    from spice.display.interactive import marker_size
+    sizes = [marker_size(n) for n in (1, 20_000, 40_000, 100_000, 10**6)]
+    assert sizes[0] == sizes[1] == 2.5 and sizes[-2] == sizes[-1] == 1.5
+    assert all(a >= b for a, b in zip(sizes, sizes[1:]))
+    event, _, _ = make_event(3, 30, 64, 0)
+    fig = event_figure(event)
+    assert {t.marker.size for t in fig.data if t.mode == "markers"} == {marker_size(len(event))}

@@ -25,7 +25,14 @@ CAMERAS = {  # preset viewpoints (plotly scene camera eyes; the scene centre is 
     "side": dict(eye=dict(x=2.2, y=0, z=0), up=dict(x=0, y=0, z=1)),
     "top": dict(eye=dict(x=0, y=0, z=2.2), up=dict(x=0, y=1, z=0)),
 }
-MARKER_SIZE = 2.5
+
+
+def marker_size(n_voxels: int) -> float:
+    """Marker diameter (px): 2.5 up to 20k voxels, shrinking log-linearly to 1.5 at 100k and beyond.
+    Large events overplot less, and software WebGL (a browser without a GPU) paints them about twice
+    as fast (benchmarks/bench_display.py)."""
+    t = np.clip(np.log(max(n_voxels, 1) / 20_000) / np.log(5), 0, 1)
+    return float(round(2.5 - t, 2))
 
 
 def _typed(a: np.ndarray) -> dict:
@@ -117,7 +124,7 @@ def event_figure(event, outputs: dict | None = None, predicted: np.ndarray | Non
         mask = event.semantic == c
         real_hover = _hover([("voxel", "(%{x}, %{y}, %{z})"), ("class", name)] + fields)
         common = dict(mode="markers", name=name, legendgroup=name,
-                      marker=dict(size=MARKER_SIZE, color=initial.codes[mask], coloraxis="coloraxis",
+                      marker=dict(size=marker_size(n), color=initial.codes[mask], coloraxis="coloraxis",
                                   line=dict(width=0)))
         fig.add_trace(go.Scatter3d(x=xyz[mask, 0], y=xyz[mask, 1], z=xyz[mask, 2], customdata=extra[mask],
                                    hovertemplate=real_hover, scene="scene", **common))
