@@ -228,3 +228,31 @@ def test_make_uses_an_active_environment_instead_of_venv(active, python):
         runs = [line for line in out.stdout.splitlines() if " -m pytest" in line or " -m spice.notebooks run" in line]
         assert runs and all(line.startswith(python + " -m") for line in runs), out.stdout
         assert (".venv" in out.stdout) == (python == ".venv/bin/python")
+
+
+@pytest.mark.minkowski
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_test_section_passes_here(definition, tmp_path):
+    """The container's %test, run as Apptainer would (bash), with this environment's Python as `python`."""
+    pytest.importorskip("MinkowskiEngine", reason="MinkowskiEngine not installed: run `make minkowski`")
+    import os
+    import sys
+    _, sections = definition
+    wrapper = tmp_path / "python"  # a wrapper, not a link: a link outside the venv would lose its packages
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", sections["test"]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cpu: forward pass OK on both backends" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("make") is None, reason="bash or make not installed")
+def test_runscript_runs_make_in_the_checkout(definition):
+    """`apptainer run spice.sif help` from a checkout: %runscript runs `make help` there."""
+    _, sections = definition
+    result = subprocess.run(["bash", "-c", sections["runscript"], "runscript", "help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "make test" in result.stdout and "make paper" in result.stdout
