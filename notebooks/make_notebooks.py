@@ -111,18 +111,19 @@ batch_size = 8
 lr = 0.005
 threads = 0              # CPU threads for torch (0: default)
 checkpoint_every = 100
-train_subprocess = False  # True: run `spice train` as a subprocess (a killed kernel loses nothing)''', [
+train_subprocess = False  # True: run `spice train` as a subprocess (a killed kernel loses nothing)
+max_minutes = 0           # stop training after this wall time, checkpointed (0: no limit); rerun to continue''', [
         '''NOTEBOOK = "02_train"
 import subprocess, sys, yaml
 import torch
-from spice.train import TrainConfig, train, load_model
+from spice.train import TrainConfig, finished, train, load_model
 from spice.model import describe
 ''' + PROV,
         '''import hashlib
 
 def config(stage1, stage2, name):
     """TrainConfig; its out_dir is keyed by a hash of the settings, so an unchanged run resumes and a
-    changed one starts afresh."""
+    changed one starts afresh (max_minutes, which does not change the result, is not in the key)."""
     spec = {
         "data": {"train": data["splits"]["train"]["files"]},
         "model": {"filters": filters, "depth": depth, "reps": reps},
@@ -130,7 +131,7 @@ def config(stage1, stage2, name):
         "seed": seed, "device": device, "threads": threads, "checkpoint_every": checkpoint_every,
         "progress": False}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-    return TrainConfig.from_dict({**spec, "out_dir": str(build / f"{name}-{key}")})
+    return TrainConfig.from_dict({**spec, "max_minutes": max_minutes, "out_dir": str(build / f"{name}-{key}")})
 
 cfg = config(stage1_iterations, stage2_iterations, "train")
 if train_subprocess:
@@ -140,6 +141,9 @@ if train_subprocess:
     checkpoint = Path(cfg.out_dir) / "checkpoint.pt"
 else:
     checkpoint = train(cfg, resume=True)
+if not finished(checkpoint):  # stopped by max_minutes: later notebooks need the trained network
+    raise RuntimeError(f"training stopped after max_minutes={max_minutes} at {checkpoint}; "
+                       "rerun (make demo / make paper) to continue it")
 # the untrained network (same seed and architecture, zero iterations): the baseline of Table III
 untrained = train(config(0, 0, "untrained"), resume=True)
 write_state(build, "train", {"checkpoint": str(checkpoint), "untrained": str(untrained), "config": cfg.to_dict()})''',

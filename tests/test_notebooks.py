@@ -98,6 +98,15 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
         path = nbrun.resolve(stem)
         nbrun.run_notebook(path, nbrun.parameters_for(path, {**config, **overrides}), tmp_path / "executed")
     assert (figures / "table3_metrics.csv").read_text() == table3  # same checkpoints, same numbers
+    # a run cut by max_minutes (a batch job's time limit) stops 02 with a checkpoint; a rerun finishes it
+    path = nbrun.resolve("02_train")
+    longer = {**config, **overrides, "stage2_iterations": 4}
+    with pytest.raises(nbrun.NotebookError, match="max_minutes"):
+        nbrun.run_notebook(path, nbrun.parameters_for(path, longer, {"max_minutes": 1e-9}), tmp_path / "executed")
+    nbrun.run_notebook(path, nbrun.parameters_for(path, longer), tmp_path / "executed")
+    state = json.loads((tmp_path / "build" / "train.json").read_text())
+    import torch
+    assert torch.load(state["checkpoint"], weights_only=True)["iteration"] == 6
 
 
 def test_paper_data_step_fails_clearly_when_the_dataset_cannot_be_reached(tmp_path):
