@@ -6,13 +6,13 @@
 #
 # Installs the wheels carried in .whl/ (if any) into /tmp/site, runs from the checkout, and copies
 # benchmarks/results/gpu_* to $OUT when that is set (the device tool brings $OUT back). MINUTES
-# (default 6) keeps each call inside a 10-minute command limit; gpu_demo exits 3 until training is done.
+# (default 5) keeps each call inside a 10-minute command limit; gpu_demo exits 3 until training is done.
 # PYTHON (default python3) runs them. SPICE_GPU_ARGS is added to both scripts' arguments
 # ("--device cpu --quick" smoke-tests this file on a CPU; tests/test_gpu_scripts.py does).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
-minutes=${2:-6}
+minutes=${2:-5}
 py=${PYTHON:-python3}
 read -r -a extra <<<"${SPICE_GPU_ARGS:-}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
