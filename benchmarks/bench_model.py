@@ -147,6 +147,7 @@ def bench_backend(name: str, device: torch.device, batches: list[int], repeats: 
 def bench_training_iteration(name: str, device: torch.device, evs: list[Event], repeats: int) -> dict:
     """Batch-32 training iteration of the paper network (forward, SPICE loss, backward, Adam step)."""
     from spice.losses import SPICELoss
+    from spice.train import train_step
     torch.manual_seed(0)
     model = SPICE(filters=32, depth=6, reps=2, spatial_size=512, backend=name).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=0.005)
@@ -154,9 +155,7 @@ def bench_training_iteration(name: str, device: torch.device, evs: list[Event], 
     batch = collate(evs[:32]).to(device)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(batch), batch)["total"].backward()
-        opt.step()
+        train_step(model, opt, loss_fn, batch)
 
     s, mem = measure(step, device, repeats)
     row = dict(backend=name, device=str(device), batch=32, iteration_s=s, peak_mib=mem,

@@ -39,6 +39,7 @@ from spice.data import collate  # noqa: E402
 from spice.data.synthetic import generate_event  # noqa: E402
 from spice.losses import SPICELoss  # noqa: E402
 from spice.model import SPICE  # noqa: E402
+from spice.train import train_step  # noqa: E402
 
 PAPER_ITER_S, TARGET_ITER_S = 10.0, 0.5
 THRESHOLDS = {0: (0.65, 0.29), 1: (0.5, 0.087), 2: (0.25, 0.036), 3: (0.85, 0.27), 4: (0.0, 0.087)}  # Table II
@@ -117,13 +118,7 @@ def check_backend(backend: str, args, device, train_events, infer_events) -> dic
     res = {"backend": backend, "batch_size": len(train_events), "voxels_per_batch": int(len(batch.coords))}
 
     def step(autocast: bool = False):
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(batch)
-        losses = loss_fn({k: v.float() for k, v in out.items()}, batch)
-        losses["total"].backward()
-        opt.step()
-        return losses["total"].detach()
+        return train_step(model, opt, loss_fn, batch, stage=2, bf16=autocast)["total"].detach()
 
     model.train()
     for _ in range(args.warmup):

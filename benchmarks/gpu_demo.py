@@ -42,7 +42,8 @@ from spice.data import EventDataset, collate  # noqa: E402
 from spice.data.pilarnet_m import write_pilarnet_m  # noqa: E402
 from spice.data.synthetic import generate_event  # noqa: E402
 from spice.evaluate import evaluate  # noqa: E402
-from spice.train import TrainConfig, build_model, finished, load_model, model_args, train  # noqa: E402
+from spice.train import (TrainConfig, build_model, finished, load_model, model_args, train,  # noqa: E402
+                         train_step)
 from spice.tune import grid_search  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
@@ -79,11 +80,7 @@ def seconds_per_iteration(config: TrainConfig, dataset, steps: int) -> float:
     batch = collate([dataset[i] for i in range(min(config.batch_size, len(dataset)))]).to(device)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"):
-            out = model(batch)
-        config.loss(out, batch)["total"].backward()
-        opt.step()
+        train_step(model, opt, config.loss, batch, stage=2, bf16=config.bf16)
 
     step()  # warm-up (kernel maps, allocator)
     return float(np.median(timed(step, device, steps)))

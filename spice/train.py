@@ -318,6 +318,26 @@ def tensorboard_writer(out_dir: Path, purge_step: int):
 
 
 # ------------------------------------------------------------------------------------------ training
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: SPICELoss, batch,
+               stage: int = 2, bf16: bool = False) -> dict[str, torch.Tensor]:
+    """One optimisation step on `batch` (already on the model's device): forward (under bf16 autocast
+    when `bf16` and on CUDA), the loss terms, backward of L_emb (stage 1) or the total (stage 2), and the
+    optimiser step. Returns the loss terms; a non-finite objective raises FloatingPointError before any
+    update, naming the batch's events."""
+    device_type = batch.coords.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16 and device_type == "cuda"):
+        outputs = model(batch)
+    losses = loss(outputs, batch)
+    objective = losses["emb"] if stage == 1 else losses["total"]
+    if not torch.isfinite(objective):
+        raise FloatingPointError(f"stage {stage}: non-finite loss { {t: v.item() for t, v in losses.items()} } "
+                                 f"on events {batch.sources}")
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    optimizer.step()
+    return losses
+
+
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Run (or resume) both stages; return the path of the latest checkpoint (out_dir/checkpoint.pt).
 
@@ -369,7 +389,6 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                                          generator=torch.Generator().manual_seed(config.seed))
     rows = read_csv(out_dir / "losses.csv", start) if checkpoint is not None else []
     writer = tensorboard_writer(out_dir, start)
-    use_bf16 = config.bf16 and device.type == "cuda"
 
     def checkpoint_now(iteration: int) -> None:
         sampler_state = sampler.state_dict() | {"next_iteration": iteration}
@@ -394,17 +413,10 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                     optimizer = make_optimizer(model, config, stage)
                 else:
                     optimizer.add_param_group({"params": list(model.seediness_parameters())})
-            batch = batch.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                outputs = model(batch)
-            losses = config.loss(outputs, batch)
-            objective = losses["emb"] if stage == 1 else losses["total"]
-            if not torch.isfinite(objective):
-                raise FloatingPointError(f"iteration {iteration + 1} (stage {stage}): non-finite loss "
-                                         f"{ {t: v.item() for t, v in losses.items()} } on events {batch.sources}")
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
+            try:
+                losses = train_step(model, optimizer, config.loss, batch.to(device), stage, config.bf16)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"iteration {iteration + 1}, {err}") from None
             iteration += 1
 
             now = time.perf_counter()

@@ -13,7 +13,7 @@ import spice.train as train_mod
 from spice.data.event import Event, collate
 from spice.losses import SPICELoss
 from spice.train import (BatchStream, TrainConfig, build_model, finished, load_model, seediness_modules,
-                         train)
+                         train, train_step)
 
 REPO = train_mod.Path(__file__).resolve().parents[1]
 
@@ -185,6 +185,25 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes_identically(tmp
     assert [r["iteration"] for r in rows] == [str(i) for i in range(1, 7)]
     with pytest.raises(ValueError, match="max_minutes"):
         tiny_config(tmp_path, max_minutes=-1)
+
+
+def test_non_finite_loss_stops_before_any_update(tmp_path, line_events, monkeypatch):
+    original = SPICELoss.__call__
+
+    def poisoned(self, outputs, batch):
+        return {k: v * float("nan") for k, v in original(self, outputs, batch).items()}
+
+    model = build_model({"filters": 4, "depth": 2, "reps": 1, "spatial_size": 24, "leaky_slope": 0.33,
+                         "backend": "torch"})
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    monkeypatch.setattr(SPICELoss, "__call__", poisoned)
+    with pytest.raises(FloatingPointError, match=r"stage 2: non-finite loss .* on events"):
+        train_step(model, opt, SPICELoss(), collate(line_events[:2]))
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())  # no optimiser step
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(FloatingPointError, match=r"^iteration 1, stage 1: non-finite loss"):
+        train(tiny_config(tmp_path))
 
 
 @pytest.mark.cuda
