@@ -20,8 +20,11 @@ help:
 	@echo "make test   - set up the environment and run the test suite"
 	@echo "make demo   - set up and run the whole pipeline on CPU on generated events (about 20 min)"
 	@echo "make paper  - the paper reproduction on PILArNet (needs a CUDA GPU and the data)"
+	@echo "make paper NPROC=8 - the same, training and evaluation on 8 local processes/GPUs (torchrun)"
 	@echo "make nb NB=04 [PROFILE=demo] [PARAMS='-p n_test 50']  - rerun one notebook, parameters overridden"
 	@echo "make minkowski - build and install the MinkowskiEngine backend (CPU, cached wheel)"
+	@echo "make lab    - JupyterLab on notebooks/ with this project's environment [LAB_ARGS='--port 8899']"
+	@echo "make reference - remake weights/reference-cpu (about 90 min on 2 CPU cores; rerun to resume)"
 
 env: $(ENV_READY)
 
@@ -76,21 +79,40 @@ $(STAMPS)/$(1).done: notebooks/$(1).ipynb notebooks/profiles/$(PROFILE).yaml $(S
 endef
 $(foreach n,$(NB_NAMES),$(eval $(call NB_RULE,$(n))))
 
-.PHONY: demo paper figures nb notebooks
+.PHONY: demo paper figures nb
 figures: $(foreach n,$(NB_NAMES),$(STAMPS)/$(n).done)
 	$(PY) -m spice.notebooks index
 
 demo:
 	$(MAKE) figures PROFILE=demo
 
+# NPROC=N: the notebooks launch `spice train` / `spice evaluate` with torchrun on N processes
+# (spice.distributed.command reads SPICE_NPROC); the global batch stays the profile's batch_size.
 paper:
-	$(MAKE) figures PROFILE=paper
+	$(MAKE) figures PROFILE=paper $(if $(NPROC),SPICE_NPROC=$(NPROC))
 
 nb: $(ENV_READY)
 	@test -n "$(NB)" || { echo "usage: make nb NB=04 [PROFILE=demo] [PARAMS='-p n_test 50']"; exit 2; }
 	$(NB_RUN) --nb $(NB) $(PARAMS)
 	$(PY) -m spice.notebooks index
 
-notebooks:
-	$(PY) notebooks/make_notebooks.py
 # ---- end notebooks ---------------------------------------------------------------------------------
+
+# ---- lab: JupyterLab on the notebooks, in the project's environment (issue 15) ----------------------
+# The `lab` extra (also part of `dev`) installs JupyterLab; its kernel is this environment's Python.
+# As root (containers, CI) JupyterLab refuses to start without --allow-root.
+.PHONY: lab
+lab: $(ENV_READY)
+	@$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install -e '.[lab]'
+	$(PY) -m jupyterlab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+# ---- end lab ---------------------------------------------------------------------------------------
+
+# ---- reference: the released CPU weights weights/reference-cpu (issue 11) ------------------------------
+# Trains configs/reference_cpu.yaml into build/reference-cpu (resumable: rerun after an interruption),
+# then exports weights, tunes thresholds, scores the snapshots and records provenance (spice.release).
+REFERENCE_RUN ?= build/reference-cpu
+.PHONY: reference
+reference: $(ENV_READY)
+	$(PY) -m spice train --config configs/reference_cpu.yaml --resume --set out_dir=$(REFERENCE_RUN)
+	$(PY) -m spice.release --run $(REFERENCE_RUN) --out weights/reference-cpu
+# ---- end reference ---------------------------------------------------------------------------------

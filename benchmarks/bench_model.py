@@ -1,6 +1,7 @@
 """SPICE network speed and memory per event, per sparse backend (issue 3).
 
-For every available backend (torch; minkowski when MinkowskiEngine imports), the paper's network
+For every available backend (torch; landed, the torch backend before issue 12, loaded from git by
+bench_sparse.py; minkowski when MinkowskiEngine imports), the paper's network
 (F=32, D=6) and the CPU demo size (F=16, D=5), at batch 1 and 8 on synthetic 512^3 events
 (`spice.data.synthetic.generate`, ~20k voxels): forward time (eval, no_grad), forward+backward time
 (training mode, a sum of the outputs as loss) and peak memory, all per event. Peak memory is
@@ -97,6 +98,9 @@ def bench_one(name: str, device: str, label: str, bs: int, mode: str, repeats: i
     """Time and memory of one (backend, config, batch, mode in {"forward", "forward_backward"})."""
     if threads:
         torch.set_num_threads(threads)
+    if name == "landed":  # a fresh process: make the landed backend importable here too
+        from bench_sparse import register_landed
+        register_landed()
     device = torch.device(device)
     evs, _ = events(bs, 512)
     torch.manual_seed(0)
@@ -166,13 +170,27 @@ def bench_training_iteration(name: str, device: torch.device, evs: list[Event], 
 
 
 def available_backends() -> list[str]:
-    names = ["torch"]
+    """torch, landed (the torch backend before issue 12, loaded from git by bench_sparse.py), minkowski."""
+    from bench_sparse import register_landed
+    names = ["torch"] + (["landed"] if register_landed() else [])
     try:
         import MinkowskiEngine  # noqa: F401
         names.append("minkowski")
     except ImportError:
         pass
     return names
+
+
+def speedups(rows: list[dict]) -> list[dict]:
+    """Per (config, batch): forward+backward time of every other backend over the torch backend's."""
+    out = []
+    for r in rows:
+        if r["backend"] != "torch":
+            continue
+        others = {o["backend"]: o["forward_backward_s_per_event"] / r["forward_backward_s_per_event"] for o in rows
+                  if o["backend"] != "torch" and o["config"] == r["config"] and o["batch"] == r["batch"]}
+        out.append(dict(config=r["config"], batch=r["batch"], **others))
+    return out
 
 
 def machine(device: torch.device) -> dict:
@@ -205,6 +223,10 @@ def main(argv=None) -> Path:
         result["rows"] += bench_backend(name, device, batches, args.repeats, configs, args.threads)
         if device.type == "cuda":
             result["training"].append(bench_training_iteration(name, device, evs, args.repeats))
+    result["speedup_of_torch"] = speedups(result["rows"])
+    for r in result["speedup_of_torch"]:
+        print(f"torch backend forward+backward {r['config']} batch {r['batch']}: "
+              + ", ".join(f"x{v:.2f} faster than {k}" for k, v in r.items() if k not in ("config", "batch")))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / ("bench_model.json" if device.type == "cpu" else f"bench_model_{device.type}.json")
     tmp = path.with_suffix(".json.tmp")

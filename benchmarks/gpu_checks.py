@@ -2,12 +2,15 @@
 
 On a CUDA machine this
   1. runs the CUDA tests (`pytest -m cuda`: clustering on CUDA, both sparse backends where available);
-  2. for each available backend (torch; minkowski when MinkowskiEngine has CUDA), with the paper's
+  2. for each available backend (landed, torch; minkowski when MinkowskiEngine has CUDA), with the paper's
      network (F=32, D=6, reps=2, 512^3 grid) on synthetic events of ~20k voxels:
      training iteration time at batch 32 (Adam, full SPICE loss; paper: ~10 s on a V100, target
      <= 0.5 s), peak GPU memory, a bf16-autocast training step (loss and gradients finite),
      inference time per event at batch 1 and batched (32);
-  3. clustering time per event on CUDA (`spice.cluster.cluster_event`, Table II thresholds) on the
+  3. benchmarks/bench_sparse.py on the device (per-layer GFLOP/s against the dense GEMM rate, network
+     fwd+bwd per event; the landed torch backend of before issue 12, the torch backend, minkowski), the
+     kernels launched per training step (torch.profiler) and the training-iteration ratios between backends;
+  4. clustering time per event on CUDA (`spice.cluster.cluster_event`, Table II thresholds) on the
      network's outputs and on network-like synthetic outputs (benchmarks/bench_cluster.py);
 and writes benchmarks/results/gpu_<date>.json and .md with the device name and versions.
 Without CUDA it exits with status 2 and says so (`--device cpu --quick` only smoke-tests this script).
@@ -76,7 +79,9 @@ def events_near(n: int, voxels: int, spatial_size: int, seed: int = 0, tolerance
 
 
 def available_backends(device) -> list[str]:
-    names = ["torch"]
+    """torch, landed (the torch backend before issue 12, from git: benchmarks/bench_sparse.py), minkowski."""
+    from bench_sparse import register_landed
+    names = ["torch"] + (["landed"] if register_landed() else [])
     if importlib.util.find_spec("MinkowskiEngine") is not None:
         import MinkowskiEngine as ME
         if device.type == "cpu" or ME.is_cuda_available():
@@ -101,6 +106,19 @@ def run_cuda_tests(timeout: int) -> dict:
                 "summary": lines[-1] if lines else proc.stderr[-500:], "skips": [l for l in lines if "SKIPPED" in l]}
     except subprocess.TimeoutExpired:
         return {"command": " ".join(cmd[1:]), "returncode": None, "summary": f"timed out after {timeout} s"}
+
+
+def kernel_launches(step, device) -> dict:
+    """CUDA kernels run and kernel-launch API calls made by one call of step(), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        sync(device)
+    events = prof.events()
+    kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    launches = sum(1 for e in events if "LaunchKernel" in e.name)
+    return {"cuda_kernels": kernels, "launch_calls": launches}
 
 
 def finite_grads(model) -> bool:
@@ -132,6 +150,7 @@ def check_backend(backend: str, args, device, train_events, infer_events) -> dic
                    meets_target=float(np.median(times)) <= TARGET_ITER_S)
     if device.type == "cuda":
         res["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        res["kernels_per_train_step"] = kernel_launches(step, device)
     try:
         loss = step(autocast=True)
         res["bf16_step"] = {"loss": float(loss), "finite": bool(torch.isfinite(loss)) and finite_grads(model)}
@@ -217,16 +236,19 @@ def markdown(report: dict) -> str:
     if tests:
         lines += [f"CUDA tests (`{tests['command']}`): exit {tests['returncode']}, {tests['summary']}", ""]
     lines += ["| backend | voxels/batch | train iter (batch {}) s | vs paper 10 s | peak GiB | bf16 step finite | "
-              "infer s/event (batch 1) | infer s/event (batched) |".format(report["config"]["batch"]),
-              "|---|---|---|---|---|---|---|---|"]
+              "infer s/event (batch 1) | infer s/event (batched) | kernels/step |".format(report["config"]["batch"]),
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["backends"]:
         if "error" in r:
-            lines.append(f"| {r['backend']} | error: {r['error']} | | | | | | |")
+            lines.append(f"| {r['backend']} | error: {r['error']} | | | | | | | |")
             continue
         lines.append(f"| {r['backend']} | {r['voxels_per_batch']} | {r['train_iter_s']:.3f} | "
                      f"{r.get('speedup_vs_paper_v100', float('nan')):.0f}x | {r.get('peak_memory_gib', float('nan')):.1f} | "
                      f"{r['bf16_step'].get('finite')} | {r['infer_batch1_s_per_event']:.4f} | "
-                     f"{r['infer_batched_s_per_event']:.4f} |")
+                     f"{r['infer_batched_s_per_event']:.4f} | {r.get('kernels_per_train_step', {}).get('cuda_kernels', '')} |")
+    if "train_iter_speedup_of_torch" in report:
+        lines += ["", "torch backend faster per training iteration than: " + ", ".join(
+            f"{k} x{v:.2f}" for k, v in report["train_iter_speedup_of_torch"].items())]
     c = report.get("clustering", {})
     lines += ["", "Clustering per event on the device: " + ", ".join(
         f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in c.items()), ""]
@@ -254,6 +276,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--infer-events", type=int, default=32)
     p.add_argument("--skip-tests", action="store_true")
+    p.add_argument("--skip-sparse", action="store_true", help="skip benchmarks/bench_sparse.py on the device")
     p.add_argument("--tests-timeout", type=int, default=240)
     p.add_argument("--quick", action="store_true", help="tiny sizes: smoke test of this script, numbers meaningless")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -292,6 +315,20 @@ def main(argv=None) -> int:
         print(json.dumps(res, default=float), flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    base = {r["backend"]: r for r in report["backends"] if "train_iter_s" in r}
+    if "torch" in base:  # how many times faster the new torch backend is per training iteration
+        report["train_iter_speedup_of_torch"] = {n: r["train_iter_s"] / base["torch"]["train_iter_s"]
+                                                 for n, r in base.items() if n != "torch"}
+        print("torch backend faster per training iteration than:", report["train_iter_speedup_of_torch"], flush=True)
+    if not args.skip_sparse:  # per-layer GFLOP/s vs dense GEMM and network fwd+bwd, landed vs torch vs minkowski
+        import bench_sparse
+        try:
+            quick = ["--quick", "--skip", "layers", "--events", "2", "--size", "64", "--repeats", "1"]
+            stem = bench_sparse.main(["--device", args.device, "--out", str(args.out)]
+                                     + (quick if args.quick else ["--repeats", "5"]))
+            report["bench_sparse"] = json.loads(stem.with_suffix(".json").read_text())
+        except Exception as err:  # report, do not hide the other numbers
+            report["bench_sparse"] = {"error": f"{type(err).__name__}: {err}"}
     report["clustering"] = check_clustering(outputs, infer_events, device)
     print("clustering:", report["clustering"], flush=True)
 

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from sklearn.cluster import DBSCAN
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from spice.evaluate import event_rows, frame
 from spice.metrics import METRICS, contingency, scores

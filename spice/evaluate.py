@@ -5,10 +5,12 @@ n_pred, n_voxels, net_time_s, cluster_time_s, device, method. Clustering uses th
 labels (SPEC §5) and per-class thresholds {class: (s0, p0)} from `spice tune`.
 
     spice evaluate --checkpoint C --data FILES --thresholds T.json --out frame.csv
+    torchrun --nproc-per-node N -m spice evaluate ...   # sharded over N processes, rank 0 writes the frame
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -18,8 +20,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
+from spice import distributed
 from spice.cluster import OUTPUT_KEYS, cluster_event
 from spice.data.event import Event, collate
 from spice.metrics import score_event
@@ -89,14 +92,18 @@ def evaluate(model: torch.nn.Module, dataset, thresholds: Mapping, device="cpu",
              batch_size: int = 1, progress: bool = True) -> pd.DataFrame:
     """One row per (event, class) for every event of `dataset` (indexable, `len`, [i] -> Event).
 
-    The network runs on batches of `batch_size` events; each event's net_time_s is its batch's time
-    divided by the batch size. Clustering runs on `device` (CUDA-synchronised cluster_time_s).
+    The network runs on batches of `batch_size` consecutive events; each event's net_time_s is its
+    batch's time divided by the batch size. Clustering runs on `device` (CUDA-synchronised
+    cluster_time_s). In a process group (spice.distributed) batch k runs on rank k mod world_size and
+    every rank returns the whole frame, equal row for row to one process's (timings apart).
     """
     model = model.to(device).eval()
+    ctx = distributed.current()
+    n = len(dataset)
+    batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     rows: list[dict] = []
-    starts = range(0, len(dataset), batch_size)
-    for start in tqdm(starts, disable=not progress, desc="evaluate", unit="batch"):
-        idx = list(range(start, min(start + batch_size, len(dataset))))
+    for idx in tqdm(batches[ctx.rank::ctx.world_size], disable=not (progress and ctx.is_main), desc="evaluate",
+                    unit="batch"):
         events = [dataset[i] for i in idx]
         outs, dt = forward_events(model, events, device)
         for i, ev, out in zip(idx, events, outs):
@@ -107,6 +114,8 @@ def evaluate(model: torch.nn.Module, dataset, thresholds: Mapping, device="cpu",
             ct = time.perf_counter() - t0
             rows += event_rows(ev, i, pred.cpu().numpy(), net_time_s=dt / len(events), cluster_time_s=ct,
                                device=str(device), method="spice", min_voxels=min_voxels)
+    if ctx.distributed:  # stable sort: each event's rows keep their order
+        rows = sorted(distributed.gather(rows, ctx), key=lambda r: r["event"])
     return frame(rows)
 
 
@@ -170,6 +179,32 @@ def load_frame(path) -> pd.DataFrame:
     return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
 
 
+def save_thresholds(thresholds: Mapping[int, tuple[float, float]], path, **meta) -> Path:
+    """Write {"thresholds": {"<class>": [s0, p0]}, **meta} as JSON, atomically (written by `spice tune`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"thresholds": {str(int(c)): [float(s0), float(p0)] for c, (s0, p0) in sorted(thresholds.items())},
+           **meta}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def load_thresholds(path) -> dict[int, tuple[float, float]]:
+    """Read thresholds JSON ({"thresholds": {class: [s0, p0]}} or the bare mapping) -> {class: (s0, p0)}."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    try:
+        table = doc.get("thresholds", doc)
+        return {int(c): (float(v[0]), float(v[1])) for c, v in table.items()}
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError) as err:
+        raise ValueError(f"{path}: thresholds must map class ids to [s0, p0] ({err})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="spice evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="trained model checkpoint")
@@ -180,19 +215,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-voxels", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--max-events", type=int, default=None, help="evaluate only the first N events")
+    ap.add_argument("--range", type=int, nargs=2, default=None, metavar=("START", "STOP"),
+                    help="only events [START, STOP) of the files taken together (a split of them)")
+    ap.add_argument("--timeout", type=float, default=600.0,
+                    help="seconds a rank waits for the others (under torchrun / srun)")
     args = ap.parse_args(argv)
 
     from spice.data import EventDataset
     from spice.train import load_model
-    from spice.tune import load_thresholds
 
-    dataset = EventDataset(args.data)
-    if args.max_events is not None:
-        dataset = [dataset[i] for i in range(min(args.max_events, len(dataset)))]
-    model = load_model(args.checkpoint, device=args.device)
-    df = evaluate(model, dataset, load_thresholds(args.thresholds), device=args.device,
-                  min_voxels=args.min_voxels, batch_size=args.batch_size)
-    save_frame(df, args.out)
-    print(f"wrote {len(df)} rows to {args.out}")
-    print(df.groupby("class_name")[["ari", "purity", "efficiency", "sbd"]].mean().round(4).to_string())
+    ctx, device = distributed.setup(args.device, args.timeout)
+    try:
+        dataset = EventDataset(args.data)
+        if args.range is not None:
+            dataset = torch.utils.data.Subset(dataset, range(args.range[0], min(args.range[1], len(dataset))))
+        if args.max_events is not None:
+            dataset = torch.utils.data.Subset(dataset, range(min(args.max_events, len(dataset))))
+        model = load_model(args.checkpoint, device=device)
+        df = evaluate(model, dataset, load_thresholds(args.thresholds), device=device,
+                      min_voxels=args.min_voxels, batch_size=args.batch_size)
+    except (distributed.DistError, RuntimeError) as err:
+        if not distributed.collective_failed(err):
+            raise
+        distributed.fail("spice evaluate", err)
+    if ctx.is_main:
+        save_frame(df, args.out)
+        print(f"wrote {len(df)} rows to {args.out}")
+        print(df.groupby("class_name")[["ari", "purity", "efficiency", "sbd"]].mean().round(4).to_string())
+    distributed.teardown()
     return 0

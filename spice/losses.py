@@ -14,7 +14,8 @@ embeddings e_i (3, normalised units), margins σ_i (0, 2) and seediness s_i (0, 
 
 Every term is averaged over the classes of an event, then over the events of the batch that have at
 least one class with a cluster (events with nothing to learn from are left out of the mean; a batch
-without any such event gives zeros that still backpropagate).
+without any such event gives zeros that still backpropagate). Outputs without "seediness" (training
+stage 1 skips the frozen seediness decoder) give L_seed = 0 and leave every other term unchanged.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
 class SPICELoss:
     """Callable loss: `SPICELoss(...)(outputs, batch) -> dict` of scalar tensors named in TERMS.
 
-    outputs: {"embedding": (M,3), "margin": (M,1), "seediness": (M,1)} aligned with batch rows.
+    outputs: {"embedding": (M,3), "margin": (M,1), "seediness": (M,1) (optional)} aligned with batch rows.
     min_voxels: instances with fewer voxels are not clusters; classes with fewer labelled voxels are
     skipped. skip_classes: semantic labels left out entirely.
     """
@@ -109,9 +110,9 @@ class SPICELoss:
             raise ValueError(f"unknown seed_loss {self.seed_loss!r}; choose 'l2' or 'l1'")
         self.skip_classes = tuple(int(c) for c in self.skip_classes)
 
-    def class_terms(self, emb: torch.Tensor, margin: torch.Tensor, seed: torch.Tensor,
+    def class_terms(self, emb: torch.Tensor, margin: torch.Tensor, seed: torch.Tensor | None,
                     instance: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """Terms for the voxels V of one class: emb (n,3), margin (n,), seed (n,), instance (n,) ≥ 0.
+        """Terms for the voxels V of one class: emb (n,3), margin (n,), seed (n,) or None, instance (n,) ≥ 0.
 
         Returns mask, smoothing, inter, seed (unweighted scalars), or None when there is no cluster.
         """
@@ -150,14 +151,17 @@ class SPICELoss:
             inter = (F.relu(2.0 * self.delta - gap) ** 2).mean()
         else:
             inter = emb.sum() * 0.0
+        if seed is None:  # no seediness output (stage 1)
+            return {"mask": mask, "smoothing": smoothing, "inter": inter, "seed": emb.new_zeros(())}
         seed_error = seed[members] - p[members, member_label].detach()
         seed_error = seed_error ** 2 if self.seed_loss == "l2" else seed_error.abs()
         return {"mask": mask, "smoothing": smoothing, "inter": inter,
                 "seed": per_cluster_mean(seed_error).mean()}
 
     def __call__(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
-        emb, margin, seed = (_at_least_float32(outputs[k]) for k in ("embedding", "margin", "seediness"))
-        margin, seed = margin.reshape(-1), seed.reshape(-1)
+        emb, margin = (_at_least_float32(outputs[k]) for k in ("embedding", "margin"))
+        seed = _at_least_float32(outputs["seediness"]).reshape(-1) if "seediness" in outputs else None
+        margin = margin.reshape(-1)
         event_of = batch.coords[:, 0].to(emb.device)   # batch index from the batch column
         semantic = batch.semantic.to(emb.device)
         instance = batch.instance.to(emb.device)
@@ -170,7 +174,8 @@ class SPICELoss:
                 if c in self.skip_classes:
                     continue
                 rows = torch.nonzero(rows_b & (semantic == c)).squeeze(1)
-                terms = self.class_terms(emb[rows], margin[rows], seed[rows], instance[rows])
+                seed_rows = None if seed is None else seed[rows]
+                terms = self.class_terms(emb[rows], margin[rows], seed_rows, instance[rows])
                 if terms is not None:
                     per_class.append(terms)
             if per_class:
@@ -178,7 +183,7 @@ class SPICELoss:
         if per_event:
             out = {t: torch.stack([d[t] for d in per_event]).mean() for t in parts}
         else:  # nothing labelled: zero losses that are still connected to the graph
-            zero = (emb.sum() + margin.sum() + seed.sum()) * 0.0
+            zero = (emb.sum() + margin.sum() + (0.0 if seed is None else seed.sum())) * 0.0
             out = {t: zero for t in parts}
         out["emb"] = self.w_mask * out["mask"] + self.w_smooth * out["smoothing"] + self.w_inter * out["inter"]
         out["total"] = self.gamma_seed * out["seed"] + self.gamma_emb * out["emb"]

@@ -62,7 +62,8 @@ class Decoder(nn.Module):
 class SPICE(nn.Module):
     """SPICE(filters=32, depth=6, reps=2, spatial_size=512, leaky_slope=0.33, backend=None).
 
-    forward(batch) -> {"embedding": (M,3), "margin": (M,1), "seediness": (M,1)} for a spice.data.Batch.
+    forward(batch, seediness=True) -> {"embedding": (M,3), "margin": (M,1), "seediness": (M,1)} for a
+    spice.data.Batch ("seediness" only when asked for).
     `backend` None means env SPICE_SPARSE_BACKEND, else "torch".
     """
 
@@ -91,7 +92,9 @@ class SPICE(nn.Module):
         half = self.spatial_size / 2
         return (coords[:, 1:].to(dtype) - half) / half
 
-    def forward(self, batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch, seediness: bool = True) -> dict[str, torch.Tensor]:
+        """The outputs for `batch`; seediness=False skips the seediness decoder (training stage 1, where
+        it is frozen and in eval mode) and leaves "seediness" out of the result."""
         if batch.spatial_size > self.spatial_size:
             raise ValueError(f"batch grid {batch.spatial_size}^3 is larger than the model's spatial_size "
                              f"{self.spatial_size}; build SPICE(spatial_size={batch.spatial_size})")
@@ -107,10 +110,10 @@ class SPICE(nn.Module):
             if i < self.depth:
                 x = self.downs[i](x)
         emb = self.embedding_decoder(skips)
-        seed = self.seediness_decoder(skips)
-        return {"embedding": torch.tanh(emb[:, :3]) + xhat,
-                "margin": 2 * torch.sigmoid(emb[:, 3:4]),
-                "seediness": torch.sigmoid(seed)}
+        out = {"embedding": torch.tanh(emb[:, :3]) + xhat, "margin": 2 * torch.sigmoid(emb[:, 3:4])}
+        if seediness:
+            out["seediness"] = torch.sigmoid(self.seediness_decoder(skips))
+        return out
 
     def seediness_parameters(self) -> list[nn.Parameter]:
         """Seediness decoder and its head (frozen in training stage 1)."""

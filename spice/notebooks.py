@@ -4,7 +4,11 @@
     python -m spice.notebooks run --profile demo --nb 04    # one (prefix or full name)
     python -m spice.notebooks run --profile demo --nb 04 -p n_test 50   # override a parameter
     python -m spice.notebooks list                          # notebooks and their parameters
-    python -m spice.notebooks index                         # write figures/README.md
+    python -m spice.notebooks index                         # write figures/README.md, warn on stale outputs
+    python -m spice.notebooks clear                         # strip outputs from the sources before a commit
+
+The committed `notebooks/NN_*.ipynb` are the sources: edit them in JupyterLab (or any editor) and
+commit them without outputs (`clear`, or JupyterLab's Edit > Clear Outputs of All Cells).
 
 A profile (`notebooks/profiles/<name>.yaml`) is a flat mapping of parameter names to values. Each
 notebook receives the names its `parameters` cell declares; a profile name that no notebook declares,
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from spice.provenance import REPO_ROOT, write_json
+from spice.provenance import REPO_ROOT, stale_sidecars, write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PROFILE_DIR = NOTEBOOK_DIR / "profiles"
@@ -37,6 +41,22 @@ class NotebookError(RuntimeError):
 def notebooks(directory: Path = NOTEBOOK_DIR) -> list[Path]:
     """The numbered notebooks `NN_name.ipynb`, in order."""
     return sorted(p for p in Path(directory).glob("[0-9][0-9]_*.ipynb"))
+
+
+def clear_outputs(path: Path) -> bool:
+    """Remove the outputs and execution counts of a source notebook in place; True if it changed."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
+            cell.outputs, cell.execution_count, changed = [], None, True
+    if changed:
+        tmp = path.with_name(path.name + ".tmp")
+        nbformat.write(nb, tmp)
+        os.replace(tmp, path)
+    return changed
 
 
 def resolve(name: str, directory: Path = NOTEBOOK_DIR) -> Path:
@@ -91,23 +111,57 @@ def parameters_for(path: Path, profile: dict, overrides: dict | None = None,
     return params
 
 
-def run_notebook(path: Path, params: dict, out_dir: Path, kernel: str = "python3") -> Path:
-    """Execute one notebook into `out_dir/<name>.ipynb`; raise NotebookError naming the failing cell."""
+def _kernel_manager_class(log_path: Path):
+    """A jupyter_client kernel manager whose kernel writes its own log (and the copy of sub-process output
+    that ipykernel echoes to the kernel's file descriptors) to `log_path` instead of the terminal: the
+    notebook's outputs reach the terminal once, through papermill's stdout_file / stderr_file."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            # ipykernel stops capturing sub-process output when it sees pytest's variable: run as under make
+            kw["env"] = {k: v for k, v in kw.get("env", os.environ).items() if k != "PYTEST_CURRENT_TEST"}
+            with open(log_path, "ab") as log:  # the kernel keeps its own copy of the descriptor
+                kw.update(stdout=log, stderr=log)
+                await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return LoggedKernelManager
+
+
+def run_notebook(path: Path, params: dict, out_dir: Path, kernel: str = "python3", stream: bool = True) -> Path:
+    """Execute one notebook into `out_dir/<name>.ipynb`; raise NotebookError naming the failing cell.
+
+    With `stream`, what the cells print (progress bars included) appears live on this process's
+    stdout / stderr; the executed copy keeps the outputs, each stream merged with carriage returns
+    applied (a progress bar is stored as its final line). The kernel's own log goes to
+    `out_dir/<name>.kernel.log`; its sockets are CurveZMQ-encrypted when pyzmq supports it."""
     import papermill
+    import zmq
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
     if out.resolve() == path.resolve():
         raise NotebookError(f"refusing to execute {path} over its source")
+    log_path = out_dir / f"{path.stem}.kernel.log"
+    log_path.unlink(missing_ok=True)
+    config = Config({"KernelManager": {"transport_encryption": "auto"}}) if zmq.has("curve") else Config()
     env_before = os.environ.get("MPLBACKEND")
     os.environ["MPLBACKEND"] = "Agg"
     try:
         papermill.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel,
-                                   cwd=str(REPO_ROOT), progress_bar=False, log_output=False)
+                                   cwd=str(REPO_ROOT), progress_bar=False, log_output=False,
+                                   stdout_file=sys.stdout if stream else None,
+                                   stderr_file=sys.stderr if stream else None,
+                                   coalesce_streams=True, config=config,
+                                   kernel_manager_class=_kernel_manager_class(log_path))
     except PapermillExecutionError as err:
         raise NotebookError(f"{path.name} failed in cell {err.cell_index} (execution count {err.exec_count}): "
                             f"{err.ename}: {err.evalue}\n  executed copy: {out}") from None
+    except RuntimeError as err:  # nbclient's DeadKernelError and kernel start-up failures
+        raise NotebookError(f"{path.name}: the kernel failed ({type(err).__name__}: {err}); "
+                            f"its log: {log_path}") from None
     finally:
         if env_before is None:
             os.environ.pop("MPLBACKEND", None)
@@ -235,14 +289,23 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=BUILD_DIR, help="root of executed notebooks")
     r.add_argument("--kernel", default="python3")
     sub.add_parser("list", help="list the notebooks and their parameters")
-    sub.add_parser("index", help="write figures/README.md from the files in figures/")
+    ix = sub.add_parser("index", help="write figures/README.md from the files in figures/; warn about outputs "
+                        "made from a dirty tree or from older code")
+    ix.add_argument("--figures", type=Path, default=REPO_ROOT / "figures")
+    sub.add_parser("clear", help="strip outputs and execution counts from the source notebooks")
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
             for nb in notebooks():
                 print(f"{nb.stem}: {', '.join(declared_parameters(nb))}")
         elif args.command == "index":
-            print(write_index())
+            print(write_index(args.figures))
+            for line in stale_sidecars(args.figures):
+                print(f"warning: {line}", file=sys.stderr)
+        elif args.command == "clear":
+            for nb in notebooks():
+                if clear_outputs(nb):
+                    print(f"cleared {nb}")
         else:
             overrides = {k: _value(v) for k, v in args.parameter}
             run(args.profile, args.nb, overrides, args.out, args.kernel)

@@ -52,21 +52,25 @@ def _scatter3d(ax, xyz: np.ndarray, colors, title: str, size: float = 1.5):
 
 # ---------------------------------------------------------------------------------------------- events
 def fig_event(event, title: str | None = None) -> plt.Figure:
-    """Figure 1: one event as three 3-D scatters: energy (MeV, log colour), semantic class, instance."""
+    """Figure 1: one event as three 3-D scatters: energy (MeV, log colour), semantic class, instance.
+    The energy colour bar has a grid column of its own, clear of the panel's z-axis labels."""
     fig = plt.figure(figsize=(15, 5))
+    grid = fig.add_gridspec(1, 4, width_ratios=[1, 0.03, 1, 1], wspace=0.3, left=0.02, right=0.97)
     xyz = event.coords.astype(float)
-    ax = fig.add_subplot(1, 3, 1, projection="3d")
-    energy = np.clip(event.energy.astype(float), 1e-3, None)
-    sc = ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=np.log10(energy), cmap="viridis", s=1.5, linewidths=0)
-    ax.set_title("Energy deposition", fontsize=10)
-    fig.colorbar(sc, ax=ax, shrink=0.6, label="log10(E / MeV)")
-    ax = fig.add_subplot(1, 3, 2, projection="3d")
+    ax = fig.add_subplot(grid[0], projection="3d")
+    log_e = np.log10(np.clip(event.energy.astype(float), 1e-3, None))
+    energy = plt.cm.ScalarMappable(plt.Normalize(log_e.min(), log_e.max()), "viridis")
+    _scatter3d(ax, xyz, energy.to_rgba(log_e), "Energy deposition")
+    cbar = fig.colorbar(energy, cax=fig.add_subplot(grid[1]), label="log10(E / MeV)")
+    cbar.ax.set_box_aspect(12)  # a bar of about half the panel's height, centred
+    cbar.ax.tick_params(labelsize=7)
+    ax = fig.add_subplot(grid[2], projection="3d")
     cmap = plt.get_cmap("tab10")
     _scatter3d(ax, xyz, cmap(event.semantic % 10), "Semantic labels")
     present = sorted(set(event.semantic.tolist()))
     ax.legend(handles=[plt.Line2D([], [], ls="", marker="o", color=cmap(c % 10), label=event.labels[c])
                        for c in present], fontsize=7, loc="upper left")
-    ax = fig.add_subplot(1, 3, 3, projection="3d")
+    ax = fig.add_subplot(grid[3], projection="3d")
     _scatter3d(ax, xyz, _instance_colors(event.instance), "Instance labels")
     if title:
         fig.suptitle(title)
@@ -286,4 +290,48 @@ def fig_method_comparison(frame: pd.DataFrame, metrics=("purity", "efficiency", 
         ax.set_ylim(min(0, ax.get_ylim()[0]), 1.05)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------- data and training
+def fig_dataset_comparison(real: dict, generated: dict, title: str = "real sample vs generated events") -> plt.Figure:
+    """Distributions of `spice.data.summary.statistics` for the real sample and generated events of the
+    same grid: voxels per event, instance size per class (log x), energy per voxel, 26-neighbour degree.
+    Histograms are normalised to unit area so samples of different sizes compare."""
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), constrained_layout=True)
+    style = {"real": dict(color="k", histtype="step", lw=1.6), "generated": dict(color="C1", alpha=0.5)}
+    for name, stats in (("generated", generated), ("real", real)):
+        ev, inst, vox = stats["events"], stats["instances"], stats["voxels"]
+        axes[0].hist(ev["voxels"], bins=np.linspace(0, max(ev["voxels"].max(), 1), 15), density=True,
+                     label=name, **style[name])
+        if len(inst):
+            axes[1].hist(np.log10(inst["voxels"]), bins=np.linspace(0, 4.5, 19), density=True, **style[name])
+        axes[2].hist(np.log10(vox["energy_mev"].clip(lower=1e-3)), bins=np.linspace(-2.5, 1, 29), density=True,
+                     **style[name])
+        axes[3].hist(vox["degree"], bins=np.arange(-0.5, 27), density=True, **style[name])
+    for ax, xl in zip(axes, ("voxels per event", "log10 instance size (voxels)", "log10 energy per voxel (MeV)",
+                             "occupied 26-neighbours")):
+        ax.set_xlabel(xl)
+        ax.set_yticks([])
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def fig_learning_curve(curves: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Validation ARI per class against iteration and against training wall time (minutes), one line
+    style per network; `curves` maps a network name to a spice.learning_curve frame."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True, sharey=True)
+    styles = ["-o", "--s", ":^", "-.v"]
+    for k, (name, curve) in enumerate(curves.items()):
+        for j, (c, cname) in enumerate(_classes(curve)):
+            sub = curve[curve["class"] == c].sort_values("iteration")
+            kw = dict(color=f"C{j}", ms=3, lw=1.2, label=f"{cname} ({name})")
+            axes[0].plot(sub["iteration"], sub["ari"], styles[k % 4], **kw)
+            axes[1].plot(sub["seconds"] / 60, sub["ari"], styles[k % 4], **kw)
+    axes[0].set_xlabel("iteration")
+    axes[1].set_xlabel("training wall time (min)")
+    axes[0].set_ylabel("validation ARI (best of a coarse threshold grid)")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle("Learning curves")
     return fig

@@ -121,3 +121,26 @@ def fraction_above(frame: pd.DataFrame, metric: str = "ari", threshold: float = 
     rows = [row(sub, name) for (_, name), sub in frame.groupby(["class", "class_name"], sort=True)]
     rows.append(row(frame, "all"))
     return pd.DataFrame(rows)
+
+
+def claims_table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each claim of the paper beside this project's value for every evaluated network ({name: per-event
+    frame}): Table III purity / efficiency / ARI per class, "90% of particles with ARI > 0.92" and "mean
+    purity and efficiency above 96%". verdict: "pass" when the value reaches the paper's, else "short by x"."""
+    rows = []
+
+    def add(claim, paper, name, value):
+        verdict = "–" if np.isnan(value) else ("pass" if value >= paper else f"short by {paper - value:.3f}")
+        rows.append({"claim": claim, "paper": paper, "network": name, "value": value, "verdict": verdict})
+
+    for name, frame in frames.items():
+        means = frame.groupby("class_name")[["purity", "efficiency", "ari"]].mean()
+        for cls, values in PAPER_TABLE_III.items():
+            for k, metric in enumerate(("purity", "efficiency", "ari")):
+                value = float(means.loc[cls, metric]) if cls in means.index else np.nan
+                add(f"Table III {cls} {metric}", values[k], name, value)
+        overall = fraction_above(frame, "ari", 0.92).iloc[-1]  # the "all" row
+        add("90% of particles with ARI > 0.92", 0.90, name, float(overall["fraction_particles_ari_gt_0.92"]))
+        for metric in ("purity", "efficiency"):
+            add(f"mean {metric} above 96% (all classes)", 0.96, name, float(frame[metric].mean()))
+    return pd.DataFrame(rows, columns=["claim", "paper", "network", "value", "verdict"])

@@ -9,10 +9,22 @@ parameters and adds the seediness parameters as a new parameter group; `fresh` s
 Batches: the event stream is a concatenation of seeded random permutations of the dataset (epoch e
 uses torch.Generator seeded with (seed, e)), and iteration i takes elements [i·B, (i+1)·B) of it, so
 the data order depends only on (seed, iteration): a resumed run sees exactly the batches it would have.
+With `data.augment` every drawn event is also turned by one of the cube's 48 symmetries and shifted
+inside the grid, drawn from (seed, stream position) (`AugmentedView`). A synthetic dataset is made
+lazily, so `data.synthetic.n_events` large gives a stream of events that never repeat. The learning
+rate follows `learning_rate` (warm-up, then constant or cosine decay) over both stages.
+
+Several processes (`torchrun --nproc-per-node N -m spice train ...`, or srun; spice.distributed):
+DistributedDataParallel (NCCL on CUDA, gloo on CPU). `batch_size` stays the global batch B and the lr
+applies to it: rank r takes elements [r·B/N, (r+1)·B/N) of every global batch, so the sequence of
+global batches does not depend on N. `sync_batchnorm: true` normalises with the statistics of the
+global batch (one process: no change). losses.csv holds the global batch's losses (the mean of the
+ranks'); rank 0 writes every file; every collective times out after `dist_timeout_s`, so when a rank
+dies the others stop with an error and a rerun with --resume continues from the last checkpoint.
 
 Outputs in out_dir (each written to a temporary name and renamed): checkpoint.pt (latest; model,
 optimiser, stage, iteration, config, RNG states, sampler state), checkpoint_<iteration>.pt when
-keep_checkpoints is set, config.yaml, losses.csv (iteration, stage, every loss term, lr, seconds per
+keep_checkpoints is set, snapshots/model_<iteration>.pt (weights only) every snapshot_every, config.yaml, losses.csv (iteration, stage, every loss term, lr, seconds per
 iteration) and TensorBoard events when the `tensorboard` package is installed.
 """
 from __future__ import annotations
@@ -32,7 +44,9 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from spice import distributed
 from spice.data.event import collate
+from spice.distributed import resolve_device  # noqa: F401  (spice.train.resolve_device, as before)
 from spice.losses import TERMS, SPICELoss
 
 CHECKPOINT = "checkpoint.pt"
@@ -42,11 +56,13 @@ CSV_COLUMNS = ("iteration", "stage", *TERMS, "lr", "seconds")
 # ------------------------------------------------------------------------------------------ config
 @dataclass
 class SyntheticConfig:
-    """In-memory events from spice.data.synthetic.generate."""
+    """Events of spice.data.synthetic, made lazily when first drawn (spice.data.synthetic.SyntheticEvents):
+    a large n_events gives a stream in which no event repeats; the first `cache` events are kept in memory."""
 
     n_events: int = 64
     spatial_size: int = 192
     seed: int = 0
+    cache: int = 2000
 
 
 @dataclass
@@ -57,6 +73,7 @@ class DataConfig:
     synthetic: SyntheticConfig | None = None
     energy_threshold: float = 0.0
     min_voxels: int = 0
+    augment: bool = False   # a random cube symmetry (48) and translation per drawn event (spice.augment)
 
 
 @dataclass
@@ -81,6 +98,9 @@ class TrainConfig:
     stage2_optimizer: str = "continue"   # or "fresh"
     batch_size: int = 32
     lr: float = 0.005
+    lr_schedule: str = "constant"        # or "cosine": decay to lr·min_lr_fraction at the last iteration
+    warmup_iterations: int = 0           # linear warm-up from lr/10 over the first iterations
+    min_lr_fraction: float = 0.0
     seed: int = 0
     device: str = "auto"                 # "auto" = CUDA when available, else CPU
     bf16: bool = False                   # bf16 autocast of the forward pass (CUDA only)
@@ -88,13 +108,20 @@ class TrainConfig:
     threads: int = 0                     # CPU threads; 0 = torch default
     checkpoint_every: int = 1000
     keep_checkpoints: bool = False
+    snapshot_every: int = 0              # weights-only snapshots/model_<iteration>.pt for learning curves (0: none)
     max_minutes: float = 0.0             # wall-clock budget: stop with a checkpoint once spent (0 = none);
                                          # rerun with resume to continue (batch jobs, time-limited GPUs)
     log_every: int = 50                  # rewrite losses.csv every this many iterations
     progress: bool = True
     out_dir: str = "runs/spice"
+    sync_batchnorm: bool = False         # several processes: BatchNorm statistics of the global batch
+    dist_timeout_s: float = 600.0        # several processes: how long a rank waits for the others
 
     def __post_init__(self):
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.warmup_iterations < 0 or self.snapshot_every < 0 or not 0 <= self.min_lr_fraction <= 1:
+            raise ValueError("warmup_iterations and snapshot_every must be >= 0, min_lr_fraction in [0, 1]")
         if self.stage2_optimizer not in ("continue", "fresh"):
             raise ValueError(f"stage2_optimizer must be 'continue' or 'fresh', got {self.stage2_optimizer!r}")
         for name in ("stage1_iterations", "stage2_iterations"):
@@ -104,6 +131,8 @@ class TrainConfig:
             raise ValueError("batch_size, checkpoint_every and log_every must be >= 1")
         if self.max_minutes < 0:
             raise ValueError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
+        if self.dist_timeout_s <= 0:
+            raise ValueError(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
 
     @property
     def iterations(self) -> int:
@@ -157,23 +186,16 @@ def _from_dict(cls, data, where: str):
 
 
 # ------------------------------------------------------------------------------------------ pieces
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_dataset(cfg: DataConfig):
     """A list-like of Events (indexable, len)."""
     if cfg.synthetic is not None and cfg.train:
         raise ValueError("data: give either `train` files or `synthetic`, not both")
     if cfg.synthetic is not None:
-        from spice.data.synthetic import generate
+        from spice.data.synthetic import SyntheticEvents
         s = cfg.synthetic
-        events = list(generate(s.n_events, spatial_size=s.spatial_size, seed=s.seed))
         if cfg.energy_threshold > 0 or cfg.min_voxels > 0:
             raise ValueError("data: energy_threshold / min_voxels apply to files only")
-        return events
+        return SyntheticEvents(s.n_events, spatial_size=s.spatial_size, seed=s.seed, cache=s.cache)
     if not cfg.train:
         raise ValueError("data: no training files and no synthetic spec")
     from spice.data import EventDataset
@@ -196,8 +218,9 @@ class BatchStream(torch.utils.data.Sampler):
     """Index lists for iterations [start, stop): iteration i takes stream[i·B:(i+1)·B] where the
     stream concatenates per-epoch permutations drawn from torch.Generator seeded by (seed, epoch)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, positions: bool = False):
         self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+        self.positions = positions  # yield (index, stream position) pairs, for AugmentedView
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -210,7 +233,8 @@ class BatchStream(torch.utils.data.Sampler):
             if pos // self.n != epoch:
                 epoch = pos // self.n
                 cached = self.epoch_order(epoch)
-            out.append(int(cached[pos % self.n]))
+            index = int(cached[pos % self.n])
+            out.append((index, pos) if self.positions else index)
         return out
 
     def state_dict(self) -> dict:
@@ -221,6 +245,38 @@ class BatchStream(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+
+class AugmentedView(torch.utils.data.Dataset):
+    """`dataset` seen through spice.augment: item (index, position) is dataset[index] under the cube
+    symmetry and translation drawn from the stream (seed, position), so the augmentation of each drawn
+    event depends only on its place in the stream (exact resume, any number of workers or ranks)."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        from spice.augment import augment_event
+        index, position = item
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(position,)))
+        return augment_event(self.dataset[index], rng)
+
+
+def learning_rate(config: "TrainConfig", iteration: int) -> float:
+    """The learning rate of iteration `iteration` (0-based) over both stages: linear warm-up from lr/10
+    over `warmup_iterations`, then constant or cosine decay to lr·min_lr_fraction at the last iteration."""
+    lr, warm, total = config.lr, config.warmup_iterations, max(config.iterations, 1)
+    if iteration < warm:
+        return lr * (0.1 + 0.9 * iteration / warm)
+    if config.lr_schedule == "constant":
+        return lr
+    progress = (iteration - warm) / max(total - warm, 1)
+    floor = lr * config.min_lr_fraction
+    return float(floor + (lr - floor) * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0))))  # a Python float:
+    # the optimiser state is saved in checkpoints, which load with weights_only (no numpy scalars)
 
 
 def seediness_modules(model) -> list[torch.nn.Module]:
@@ -293,6 +349,14 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def save_snapshot(out_dir: Path, model, args: dict, iteration: int, stage: int) -> Path:
+    """Weights only (no optimiser), out_dir/snapshots/model_<iteration>.pt: loads with `load_model`."""
+    path = out_dir / "snapshots" / f"model_{iteration:07d}.pt"
+    path.parent.mkdir(exist_ok=True)
+    save_checkpoint(path, {"model": model.state_dict(), "model_args": args, "iteration": iteration, "stage": stage})
+    return path
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
@@ -319,23 +383,27 @@ def tensorboard_writer(out_dir: Path, purge_step: int):
 
 # ------------------------------------------------------------------------------------------ training
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: SPICELoss, batch,
-               stage: int = 2, bf16: bool = False) -> dict[str, torch.Tensor]:
+               stage: int = 2, bf16: bool = False, reduce=None) -> dict[str, torch.Tensor]:
     """One optimisation step on `batch` (already on the model's device): forward (under bf16 autocast
     when `bf16` and on CUDA), the loss terms, backward of L_emb (stage 1) or the total (stage 2), and the
     optimiser step. Returns the loss terms; a non-finite objective raises FloatingPointError before any
-    update, naming the batch's events."""
+    update, naming the batch's events. `reduce` (several processes: spice.distributed.mean_over_ranks)
+    maps the terms to those of the global batch before the check, so every rank stops together; the
+    returned terms are then the reduced ones, while the backward uses this rank's own."""
     device_type = batch.coords.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16 and device_type == "cuda"):
-        outputs = model(batch)
+        # stage 1: the frozen seediness decoder is not run (L_seed is then reported as 0)
+        outputs = model(batch) if stage == 2 else model(batch, seediness=False)
     losses = loss(outputs, batch)
     objective = losses["emb"] if stage == 1 else losses["total"]
-    if not torch.isfinite(objective):
-        raise FloatingPointError(f"stage {stage}: non-finite loss { {t: v.item() for t, v in losses.items()} } "
+    reported = losses if reduce is None else reduce(losses)
+    if not torch.isfinite(reported["emb"] if stage == 1 else reported["total"]):
+        raise FloatingPointError(f"stage {stage}: non-finite loss { {t: v.item() for t, v in reported.items()} } "
                                  f"on events {batch.sources}")
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
     optimizer.step()
-    return losses
+    return reported
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
@@ -346,17 +414,20 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT
-    device = resolve_device(config.device)
+    # several processes (torchrun / srun): join the group; rank r trains on its slice of each global batch
+    ctx, device = distributed.setup(config.device, config.dist_timeout_s)
+    distributed.check_batch_size(config.batch_size, ctx)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
 
     checkpoint = None
     if resume and ckpt_path.exists():
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(ckpt_path, keys=("model", "optimizer", "iteration", "stage", "rng"))
     elif resume:
         print(f"spice train: no {ckpt_path} to resume from; starting from scratch")
     elif ckpt_path.exists():
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another out_dir")
+    distributed.barrier()  # every rank has looked for the checkpoint before rank 0 writes one
 
     dataset = build_dataset(config.data)
     if len(dataset) == 0:
@@ -369,6 +440,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     np.random.seed(config.seed)
     random.seed(config.seed)
     model = build_model(args).to(device)
+    if config.sync_batchnorm and ctx.distributed:  # same state_dict keys; one process: nothing changes
+        distributed.convert_sync_batchnorm(model)
     start, stage = 0, 1 if config.stage1_iterations > 0 else 2
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -378,32 +451,39 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         optimizer.load_state_dict(checkpoint["optimizer"])
         set_rng_state(checkpoint["rng"])
     set_stage(model, stage)
-    atomic_write_bytes(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+    ddp = distributed.wrap(model, ctx)  # DDP over the parameters trainable in this stage
+    if ctx.is_main:
+        atomic_write_bytes(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
 
     total = config.iterations
-    sampler = BatchStream(len(dataset), config.batch_size, config.seed, start, total)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+    sampler = BatchStream(len(dataset), config.batch_size, config.seed, start, total, positions=config.data.augment)
+    view = AugmentedView(dataset, config.seed) if config.data.augment else dataset
+    loader = torch.utils.data.DataLoader(view, batch_sampler=distributed.RankSlice(sampler, ctx), collate_fn=collate,
                                          num_workers=config.num_workers,
                                          # its own generator: creating the iterator must not draw from
                                          # the global torch RNG, or a resumed run's RNG state would differ
                                          generator=torch.Generator().manual_seed(config.seed))
     rows = read_csv(out_dir / "losses.csv", start) if checkpoint is not None else []
-    writer = tensorboard_writer(out_dir, start)
+    writer = tensorboard_writer(out_dir, start) if ctx.is_main else None
 
     def checkpoint_now(iteration: int) -> None:
+        if not ctx.is_main:
+            return
         sampler_state = sampler.state_dict() | {"next_iteration": iteration}
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "stage": stage,
                  "iteration": iteration, "config": config.to_dict(), "model_args": args,
                  "rng": rng_state(), "sampler": sampler_state}
+        # losses first: a run killed between the two writes resumes from the older checkpoint and keeps
+        # the rows up to it (read_csv drops later ones); in the other order it would lose rows
+        write_csv(out_dir / "losses.csv", rows)
         save_checkpoint(ckpt_path, state)
         if config.keep_checkpoints:
             save_checkpoint(out_dir / f"checkpoint_{iteration:07d}.pt", state)
-        write_csv(out_dir / "losses.csv", rows)
 
     iteration = start
     tick = time.perf_counter()
     deadline = tick + 60 * config.max_minutes if config.max_minutes > 0 else None
-    with tqdm(total=total, initial=start, disable=not config.progress, desc="spice train",
+    with tqdm(total=total, initial=start, disable=not (config.progress and ctx.is_main), desc="spice train",
               dynamic_ncols=True) as bar:
         for batch in loader:
             if iteration >= config.stage1_iterations and stage == 1:
@@ -413,8 +493,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                     optimizer = make_optimizer(model, config, stage)
                 else:
                     optimizer.add_param_group({"params": list(model.seediness_parameters())})
+                ddp = None  # drop the stage-1 DDP (its hooks) before wrapping the newly trainable parameters
+                ddp = distributed.wrap(model, ctx)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, iteration)
             try:
-                losses = train_step(model, optimizer, config.loss, batch.to(device), stage, config.bf16)
+                losses = train_step(ddp, optimizer, config.loss, batch.to(device), stage, config.bf16,
+                                    reduce=distributed.mean_over_ranks if ctx.distributed else None)
             except FloatingPointError as err:
                 raise FloatingPointError(f"iteration {iteration + 1}, {err}") from None
             iteration += 1
@@ -429,35 +514,59 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                     writer.add_scalar(f"loss/{t}", row[t], iteration)
             bar.set_postfix(stage=stage, loss=f"{row['total']:.4f}", emb=f"{row['emb']:.4f}")
             bar.update(1)
-            out_of_time = deadline is not None and now >= deadline and iteration < total
+            if config.snapshot_every and iteration % config.snapshot_every == 0 and ctx.is_main:
+                save_snapshot(out_dir, model, args, iteration, stage)
+            out_of_time = deadline is not None and distributed.any_rank(now >= deadline, device) and iteration < total
             if iteration % config.checkpoint_every == 0 or iteration == total or out_of_time:
                 checkpoint_now(iteration)
-            elif iteration % config.log_every == 0:
+            elif iteration % config.log_every == 0 and ctx.is_main:
                 write_csv(out_dir / "losses.csv", rows)
             if out_of_time:
-                tqdm.write(f"spice train: max_minutes={config.max_minutes:g} spent at iteration {iteration} of "
-                           f"{total}; {ckpt_path} saved, resume to continue")
+                if ctx.is_main:
+                    tqdm.write(f"spice train: max_minutes={config.max_minutes:g} spent at iteration {iteration} of "
+                               f"{total}; {ckpt_path} saved, resume to continue")
                 break
     if iteration == start:  # nothing left to do (e.g. resuming a finished run): make sure a checkpoint exists
         if not ckpt_path.exists():
             checkpoint_now(iteration)
     if writer is not None:
         writer.close()
+    distributed.barrier()  # rank 0's last checkpoint is written when any rank returns
     return ckpt_path
+
+
+def read_checkpoint(checkpoint: str | Path, device: str | torch.device = "cpu", keys=("model", "model_args")) -> dict:
+    """torch.load of a checkpoint or weights file, raising ValueError naming the file when it is not a
+    readable torch file or lacks one of `keys`."""
+    try:
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated or foreign files: torch's own message does not name the file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{checkpoint}: not a readable checkpoint ({type(err).__name__}: {first})") from err
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{checkpoint}: not a SPICE checkpoint (no {', '.join(missing)})")
+    return state
 
 
 def finished(checkpoint: str | Path) -> bool:
     """Whether a training checkpoint has run all of its config's iterations (False after a max_minutes stop)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = read_checkpoint(checkpoint, keys=("config", "iteration"))
     config = TrainConfig.from_dict(state["config"])
     return int(state["iteration"]) >= config.iterations
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
-    """The SPICE network of a training checkpoint, on `device`, in eval mode."""
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    """The SPICE network of a training checkpoint or a weights-only file (snapshots, weights/), on
+    `device`, in eval mode."""
+    state = read_checkpoint(checkpoint, device)
     model = build_model(state["model_args"])
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ValueError(f"{checkpoint}: weights do not fit the model {state['model_args']} ({err})") from None
     return model.to(device).eval()
 
 
@@ -469,6 +578,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config entry, e.g. --set model.filters=8 --set lr=0.001")
     ns = parser.parse_args(argv)
     config = TrainConfig.load(ns.config, ns.set)
-    path = train(config, resume=ns.resume)
-    print(path)
+    try:
+        path = train(config, resume=ns.resume)
+    except (distributed.DistError, RuntimeError) as err:  # a peer died or timed out: one line, exit 1, no hang
+        if not distributed.collective_failed(err):
+            raise
+        distributed.fail("spice train", err)
+    if distributed.current().is_main:
+        print(path)
+    distributed.teardown()
     return 0

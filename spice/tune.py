@@ -6,26 +6,31 @@ Per class the chosen point maximises the mean objective over the validation even
 class is scored; ties (equal to 12 decimals) go to the smallest s0, then the smallest p0.
 
     spice tune --checkpoint C --data FILES --out thresholds.json [--grid-out grid.csv]
+    torchrun --nproc-per-node N -m spice tune ...   # events sharded over N processes, rank 0 writes
+
+The thresholds JSON is read and written by spice.evaluate (load_thresholds, save_thresholds; re-exported
+here): tune depends on evaluate, never the reverse.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
+from spice import distributed
 from spice.cluster import OUTPUT_KEYS, fit_predict_path
+from spice.evaluate import load_thresholds, predict, save_frame, save_thresholds
 from spice.metrics import METRICS, contingency, scores, scoring_mask
 
-DEFAULT_S0 = np.linspace(0.0, 1.0, 21)
-DEFAULT_P0 = np.linspace(0.01, 0.6, 60)
+__all__ = ["DEFAULT_P0", "DEFAULT_S0", "choose", "event_scores", "grid_search", "load_thresholds", "main",
+           "save_thresholds", "scored_classes"]
+
+DEFAULT_S0 = np.linspace(0.0, 1.0, 21)   # SPEC §4: s0 in [0, 1], steps of 0.05
+DEFAULT_P0 = np.linspace(0.0, 0.6, 61)   # SPEC §4: p0 in [0, 0.6], steps of 0.01
 
 
 def choose(grid: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
@@ -48,16 +53,31 @@ def scored_classes(event, min_voxels: int = 10, classes: Sequence[int] | None = 
             yield c, idx, keep, event.instance[idx][keep]
 
 
-def _outputs(model_or_outputs, events: Sequence, device, progress: bool = False) -> list[dict]:
+def _outputs(model_or_outputs, events: Sequence, index: Sequence[int], device, progress: bool = False) -> list[dict]:
+    """Output dicts of events[i] for i in `index`: from the model (run here) or picked from the list."""
     if isinstance(model_or_outputs, torch.nn.Module):
-        from spice.evaluate import predict
         model = model_or_outputs.to(device).eval()
-        return [predict(model, ev, device) for ev in tqdm(events, desc="network", leave=False,
-                                                                  disable=not progress)]
+        return [predict(model, events[i], device) for i in tqdm(index, desc="network", leave=False,
+                                                                disable=not progress)]
     outputs = list(model_or_outputs)
     if len(outputs) != len(events):
         raise ValueError(f"{len(outputs)} output dicts for {len(events)} events")
-    return outputs
+    return [outputs[i] for i in index]
+
+
+def event_scores(event, outputs, s0_grid: Sequence[float], p0_grid: Sequence[float], objective: str = "sbd",
+                 classes: Sequence[int] | None = None, min_voxels: int = 10) -> dict[int, np.ndarray]:
+    """{class: (len(s0_grid), len(p0_grid)) objective at every grid point} for the classes scored in one event."""
+    e, m, s = (torch.as_tensor(np.asarray(_np(outputs[k]))) for k in OUTPUT_KEYS)
+    m, s = m.reshape(-1), s.reshape(-1)
+    out = {}
+    for c, idx, keep, true in scored_classes(event, min_voxels, classes):
+        table = np.zeros((len(s0_grid), len(p0_grid)))
+        for j, p0 in enumerate(p0_grid):
+            for i, lab in enumerate(fit_predict_path(e[idx], m[idx], s[idx], s0_grid, p0)):
+                table[i, j] = scores(contingency(true, lab.numpy()[keep]))[objective]
+        out[c] = table
+    return out
 
 
 def grid_search(model_or_outputs, events: Sequence, s0_grid=DEFAULT_S0, p0_grid=DEFAULT_P0,
@@ -69,23 +89,26 @@ def grid_search(model_or_outputs, events: Sequence, s0_grid=DEFAULT_S0, p0_grid=
     dicts (embedding (N,3), margin (N,), seediness (N,)) aligned with `events`. Voxels of each class
     are clustered as in evaluation and scored on `spice.metrics.scoring_mask` voxels.
     Returns (grid DataFrame [class, s0, p0, score, n] with the mean objective over the n events
-    where the class is scored, {class: (s0, p0)}).
+    where the class is scored, {class: (s0, p0)}). In a process group (spice.distributed) the events
+    are sharded over the ranks and the per-event scores summed in event order on every rank, so the
+    result equals one process's exactly.
     """
     if objective not in METRICS:
         raise ValueError(f"objective must be one of {METRICS}, got {objective!r}")
     s0_grid, p0_grid = [float(x) for x in s0_grid], [float(x) for x in p0_grid]
-    events = list(events)
-    outputs = _outputs(model_or_outputs, events, device, progress)
+    events = events if hasattr(events, "__getitem__") else list(events)  # lazy datasets stay lazy
+    ctx = distributed.current()
+    mine = distributed.shard(len(events), ctx)
+    outputs = _outputs(model_or_outputs, events, mine, device, progress and ctx.is_main)
+    per_event = [(i, event_scores(events[i], out, s0_grid, p0_grid, objective, classes, min_voxels))
+                 for i, out in tqdm(list(zip(mine, outputs)), disable=not (progress and ctx.is_main), desc="tune")]
+    if ctx.distributed:
+        per_event = sorted(distributed.gather(per_event, ctx), key=lambda t: t[0])
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
-    for ev, out in tqdm(list(zip(events, outputs)), disable=not progress, desc="tune"):
-        e, m, s = (torch.as_tensor(np.asarray(_np(out[k]))) for k in OUTPUT_KEYS)
-        m, s = m.reshape(-1), s.reshape(-1)
-        for c, idx, keep, true in scored_classes(ev, min_voxels, classes):
-            table = sums.setdefault(c, np.zeros((len(s0_grid), len(p0_grid))))
-            for j, p0 in enumerate(p0_grid):
-                for i, lab in enumerate(fit_predict_path(e[idx], m[idx], s[idx], s0_grid, p0)):
-                    table[i, j] += scores(contingency(true, lab.numpy()[keep]))[objective]
+    for _, tables in per_event:
+        for c, table in tables.items():
+            sums[c] = sums[c] + table if c in sums else table.copy()
             counts[c] = counts.get(c, 0) + 1
     rows = [{"class": c, "s0": s0, "p0": p0, "score": sums[c][i, j] / counts[c], "n": counts[c]}
             for c in sorted(sums) for i, s0 in enumerate(s0_grid) for j, p0 in enumerate(p0_grid)]
@@ -98,29 +121,6 @@ def _np(x):
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
 
 
-def save_thresholds(thresholds: Mapping[int, tuple[float, float]], path, **meta) -> Path:
-    """Write {"thresholds": {"<class>": [s0, p0]}, **meta} as JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"thresholds": {str(int(c)): [float(s0), float(p0)] for c, (s0, p0) in sorted(thresholds.items())},
-           **meta}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, path)
-    return path
-
-
-def load_thresholds(path) -> dict[int, tuple[float, float]]:
-    """Read thresholds JSON ({"thresholds": {class: [s0, p0]}} or the bare mapping) -> {class: (s0, p0)}."""
-    doc = json.loads(Path(path).read_text())
-    table = doc.get("thresholds", doc)
-    try:
-        return {int(c): (float(v[0]), float(v[1])) for c, v in table.items()}
-    except (TypeError, ValueError, IndexError, KeyError) as err:
-        raise ValueError(f"{path}: thresholds must map class ids to [s0, p0] ({err})") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="spice tune", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
@@ -129,27 +129,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid-out", default=None, help="also write the full grid (.csv or .parquet)")
     ap.add_argument("--objective", default="sbd", choices=METRICS)
     ap.add_argument("--max-events", type=int, default=100, help="first N events (paper: 100)")
+    ap.add_argument("--range", type=int, nargs=2, default=None, metavar=("START", "STOP"),
+                    help="only events [START, STOP) of the files taken together (a split of them)")
     ap.add_argument("--s0-steps", type=int, default=len(DEFAULT_S0))
     ap.add_argument("--p0-steps", type=int, default=len(DEFAULT_P0))
     ap.add_argument("--min-voxels", type=int, default=10)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--timeout", type=float, default=600.0,
+                    help="seconds a rank waits for the others (under torchrun / srun)")
     args = ap.parse_args(argv)
 
     from spice.data import EventDataset
-    from spice.evaluate import save_frame
     from spice.train import load_model
 
-    dataset = EventDataset(args.data)
-    events = [dataset[i] for i in range(min(args.max_events, len(dataset)))]
-    model = load_model(args.checkpoint, device=args.device)
-    grid, thresholds = grid_search(model, events, np.linspace(0, 1, args.s0_steps),
-                                   np.linspace(0.01, 0.6, args.p0_steps), objective=args.objective,
-                                   device=args.device, min_voxels=args.min_voxels, progress=True)
-    labels = list(events[0].labels) if events else []
-    save_thresholds(thresholds, args.out, objective=args.objective, n_events=len(events), labels=labels,
-                    checkpoint=str(args.checkpoint))
-    if args.grid_out:
-        save_frame(grid, args.grid_out)
-    best = choose(grid, ["s0", "p0"])
-    print(best.to_string(index=False))
+    ctx, device = distributed.setup(args.device, args.timeout)
+    try:
+        dataset = EventDataset(args.data)
+        first, stop = args.range if args.range is not None else (0, len(dataset))
+        index = range(first, min(stop, len(dataset), first + args.max_events))
+        events = torch.utils.data.Subset(dataset, index)  # each rank reads only its own events
+        model = load_model(args.checkpoint, device=device)
+        grid, thresholds = grid_search(model, events, np.linspace(0, 1, args.s0_steps),
+                                       np.linspace(0, 0.6, args.p0_steps), objective=args.objective,
+                                       device=device, min_voxels=args.min_voxels, progress=True)
+    except (distributed.DistError, RuntimeError) as err:
+        if not distributed.collective_failed(err):
+            raise
+        distributed.fail("spice tune", err)
+    if ctx.is_main:
+        labels = list(events[0].labels) if events else []
+        save_thresholds(thresholds, args.out, objective=args.objective, n_events=len(events), labels=labels,
+                        checkpoint=str(args.checkpoint))
+        if args.grid_out:
+            save_frame(grid, args.grid_out)
+        print(choose(grid, ["s0", "p0"]).to_string(index=False))
+    distributed.teardown()
     return 0

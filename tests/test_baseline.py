@@ -1,5 +1,5 @@
-"""spice.baseline: DBSCAN labels against scipy connected components, noise handling, frame layout,
-and eps tuning against a direct loop."""
+"""spice.baseline: DBSCAN labels against scipy connected components, noise handling, frame rows on
+a known answer and on real events (scipy components + scikit-learn ARI), eps tuning against a loop."""
 import os
 from pathlib import Path
 
@@ -10,7 +10,7 @@ from scipy import ndimage
 from spice.baseline import dbscan_class, dbscan_evaluate, dbscan_event, tune_dbscan
 from spice.evaluate import FRAME_COLUMNS
 from spice.metrics import ari, contingency, score_event
-from test_evaluate import L, make_event
+from test_evaluate import L, lines_event, make_event
 
 DATA = Path(os.environ.get("SPICE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 
@@ -21,9 +21,9 @@ def events():
     return [make_event(rng, int(rng.integers(3, 9)), entry=i) for i in range(5)]
 
 
-def components(coords):
+def components(coords, size=L):
     """26-connected components of voxels via scipy on a dense grid."""
-    grid = np.zeros((L, L, L), bool)
+    grid = np.zeros((size,) * 3, bool)
     grid[tuple(coords.T)] = True
     lab, _ = ndimage.label(grid, structure=np.ones((3, 3, 3)))
     return lab[tuple(coords.T)]
@@ -48,18 +48,22 @@ def test_noise_becomes_singletons():
     assert dbscan_class(np.zeros((0, 3)), 1.8).shape == (0,)
 
 
-def test_frame_layout_and_rows(events):
-    df = dbscan_evaluate(events, eps={0: 1.8, 1: 2.5, 2: 1.8}, min_voxels=5)
+def test_frame_rows_known_answer():
+    df = dbscan_evaluate([lines_event()], eps={0: 1.8, 1: 1.8}, min_voxels=10)
     assert list(df.columns) == list(FRAME_COLUMNS) and (df.method == "dbscan").all()
-    assert (df.cluster_time_s > 0).all() and (df.net_time_s == 0).all()
-    for i, ev in enumerate(events):
-        pred = dbscan_event(ev, {0: 1.8, 1: 2.5, 2: 1.8})
-        want = score_event(ev.instance, pred, ev.semantic, min_voxels=5)
-        got = df[df.event == i]
-        assert got.ari.tolist() == [r["ari"] for r in want]
-        assert got.n_pred.tolist() == [r["n_pred"] for r in want]
+    assert (df.cluster_time_s > 0).all() and (df.net_time_s == 0).all() and df.source.tolist() == ["lines.h5:0"] * 2
+    sep, merged = df.iloc[0], df.iloc[1]
+    assert (sep.ari, sep.purity, sep.efficiency, sep.sbd, sep.n_true, sep.n_pred) == (1, 1, 1, 1, 2, 2)
+    # class 1: one predicted cluster of 32 over true 12 + 20 (SPEC §5 by hand)
+    assert merged.ari == pytest.approx(0, abs=1e-12) and merged.purity == pytest.approx(20 / 32)
+    assert merged.efficiency == 1 and (merged.n_true, merged.n_pred, merged.n_voxels) == (2, 1, 32)
+    assert merged.sbd == pytest.approx((24 / 44 + 40 / 52) / 2)  # BD(true, pred) < BD(pred, true) = 40/52
+    # eps below the voxel pitch: every voxel of class 1 alone
+    single = dbscan_evaluate([lines_event()], eps={0: 1.8, 1: 0.9}, min_voxels=10).iloc[1]
+    assert (single.n_pred, single.purity) == (32, 1) and single.efficiency == pytest.approx((1 / 12 + 1 / 20) / 2)
+    assert single.sbd == pytest.approx((12 * 2 / 13 + 20 * 2 / 21) / 32)  # BD(pred, true) < BD(true, pred)
     with pytest.raises(KeyError, match="eps for semantic class"):
-        dbscan_evaluate(events, eps={0: 1.8})
+        dbscan_evaluate([lines_event()], eps={0: 1.8})
 
 
 def test_tune_dbscan_against_loop(events):
@@ -77,9 +81,26 @@ def test_tune_dbscan_against_loop(events):
 
 
 @pytest.mark.skipif(not (DATA / "small_192px.root").exists(), reason="real PILArNet sample absent")
-def test_real_events():
+def test_real_events_against_scipy_components_and_sklearn_ari():
+    """DBSCAN(eps 1.8, min_samples 1) is 26-connectivity: per class, the ARI of the frame equals
+    scikit-learn's ARI of scipy's connected components on the voxels SPEC §5 scores."""
+    from sklearn.metrics import adjusted_rand_score
+
     from spice.data import read_larcv_root
     evs = read_larcv_root(DATA / "small_192px.root")[:2]
     df = dbscan_evaluate(evs, eps=1.8)
-    assert len(df) >= 2 and df[["ari", "purity", "efficiency", "sbd"]].apply(np.isfinite).all().all()
-    assert ((df.sbd > 0) & (df.sbd <= 1)).all()
+    n_rows = 0
+    for i, ev in enumerate(evs):
+        for c in np.unique(ev.semantic):
+            sel = ev.semantic == c
+            comp = components(ev.coords[sel], ev.spatial_size)
+            inst = ev.instance[sel]
+            ids, counts = np.unique(inst[inst >= 0], return_counts=True)
+            keep = np.isin(inst, ids[counts >= 10])
+            if not keep.any():
+                continue
+            row = df[(df.event == i) & (df["class"] == c)]
+            assert row.ari.item() == pytest.approx(adjusted_rand_score(inst[keep], comp[keep]), abs=1e-12)
+            assert row.n_pred.item() == len(np.unique(comp[keep])) and row.n_voxels.item() == keep.sum()
+            n_rows += 1
+    assert n_rows == len(df) >= 4

@@ -1,4 +1,6 @@
-"""larcv2 ROOT reader: the real 5-event sample, our cluster3d_mcst decoder, and malformed files."""
+"""larcv2 ROOT reader: the real 5-event sample, our cluster3d_mcst decoder, files built for the
+trailing voxel set, and malformed files."""
+import awkward as ak
 import numpy as np
 import pytest
 import uproot
@@ -102,15 +104,74 @@ def test_fivetypes_ids_must_match(real_root_file):
     reader = LarcvReader(real_root_file)
     ids = np.array([1, 2, 3], dtype=np.uint64)
     with pytest.raises(DataError, match="entry 2: sparse3d_fivetypes voxel ids differ"):
-        reader._event(2, ids, np.ones(3, np.float32), ids[::-1], np.zeros(3), 0, _encode_sets([]), 192)
+        reader._event(2, ids, np.ones(3, np.float32), ids[::-1], np.zeros(3), 0, _encode_sets([]), 192, 0)
 
 
 def test_bad_labels_and_grid(real_root_file):
     reader = LarcvReader(real_root_file)
     ids = np.array([1, 2, 3], dtype=np.uint64)
     with pytest.raises(DataError, match="unknown semantic labels \\[7\\]"):
-        reader._event(1, ids, np.ones(3, np.float32), ids, np.array([0, 7, 1.0]), 0, _encode_sets([]), 192)
+        reader._event(1, ids, np.ones(3, np.float32), ids, np.array([0, 7, 1.0]), 0, _encode_sets([]), 192, 0)
     with pytest.raises(DataError, match="outside the 192\\^3 grid"):
-        reader._event(1, ids * 10**7, np.ones(3, np.float32), ids * 10**7, np.zeros(3), 0, _encode_sets([]), 192)
+        reader._event(1, ids * 10**7, np.ones(3, np.float32), ids * 10**7, np.zeros(3), 0, _encode_sets([]), 192, 0)
     with pytest.raises(DataError, match="NaN or infinite"):
-        reader._event(1, ids, np.array([1, np.nan, 1], np.float32), ids, np.zeros(3), 0, _encode_sets([]), 192)
+        reader._event(1, ids, np.array([1, np.nan, 1], np.float32), ids, np.zeros(3), 0, _encode_sets([]), 192, 0)
+
+
+def write_larcv(path, entries, grid=16):
+    """A larcv2-shaped ROOT file written with uproot: the branches LarcvReader reads, under their larcv
+    names. entries: dicts with ids, labels (per image voxel), sets (voxel id lists, particle sets then
+    an optional trailing set) and n_particles. cluster3d_mcst's bytes follow SPEC §6 (_encode_sets)."""
+    tensor, sets_ = "larcv::SparseTensor3D/", "larcv::ClusterVoxel3D/larcv::VoxelSetArray/_voxel_vv/_voxel_vv."
+    voxels = tensor + "larcv::VoxelSet/_voxel_v/_voxel_v."
+    n = len(entries)
+
+    def tree(f, name, branches):  # mktree: a TTree (assigning a dict of awkward arrays writes an RNTuple)
+        f.mktree(name, {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in branches.items()})
+        f[name].extend(branches)
+
+    with uproot.recreate(path) as f:
+        for product, values in (("sparse3d_data", [[1.0] * len(e["ids"]) for e in entries]),
+                                ("sparse3d_fivetypes", [e["labels"] for e in entries])):
+            ids = ak.values_astype(ak.Array([e["ids"] for e in entries]), np.uint64)
+            branches = {f"{product}_branch/{voxels}_id": ids,
+                        f"{product}_branch/{voxels}_value": ak.values_astype(ak.Array(values), np.float32)}
+            branches.update({f"{product}_branch/{tensor}_meta._{a}num": np.full(n, grid, np.uint64) for a in "xyz"})
+            tree(f, f"{product}_tree", branches)
+        tree(f, "cluster3d_mcst_tree", {
+            f"cluster3d_mcst_branch/{sets_}_id": ak.Array([list(range(len(e["sets"]))) for e in entries]),
+            f"cluster3d_mcst_branch/{sets_}_voxel_v": ak.values_astype(ak.Array(
+                [np.frombuffer(_encode_sets(e["sets"]), np.uint8) for e in entries]), np.uint8)})
+        tree(f, "particle_mcst_tree", {"particle_mcst_branch/larcv::ParticleSet/_part_v/_part_v._id":
+                                       ak.Array([list(range(e["n_particles"])) for e in entries])})
+    return path
+
+
+def test_trailing_set_is_no_particle(tmp_path):
+    """SPEC §6: the set past the last particle holds deposits tied to no particle: instance -1 for a
+    voxel only it holds (or that no set holds); a voxel it shares with a particle keeps the particle."""
+    entries = [
+        # two particles (sets 0, 1) and the trailing set 2; voxel 9 only trailing, 4 trailing + particle 1,
+        # 7 in no set; 100 (in set 0) is not in the image
+        {"ids": [1, 2, 3, 4, 9, 7], "labels": [0, 0, 1, 1, 2, 2],
+         "sets": [[1, 2, 100], [3, 4], [9, 4]], "n_particles": 2},
+        # one particle and no trailing set: every set is a particle
+        {"ids": [5, 6], "labels": [2, 2], "sets": [[5, 6]], "n_particles": 1},
+        # no particle at all: the only set is the trailing one
+        {"ids": [8, 10], "labels": [3, 3], "sets": [[8, 10]], "n_particles": 0},
+    ]
+    path = write_larcv(tmp_path / "trailing.root", entries)
+    events = read_larcv_root(path)
+    assert [e.instance.tolist() for e in events] == [[0, 0, 1, 1, -1, -1], [0, 0], [-1, -1]]
+    assert events[0].coords[4].tolist() == [9, 0, 0] and events[0].semantic.tolist() == [0, 0, 1, 1, 2, 2]
+    assert LarcvReader(path).read(2).instance.tolist() == [-1, -1]
+
+
+def test_set_count_must_match_particles(tmp_path):
+    entries = [{"ids": [1], "labels": [0], "sets": [[1]], "n_particles": 0},
+               {"ids": [1], "labels": [0], "sets": [[1], [1], [1]], "n_particles": 1}]
+    path = write_larcv(tmp_path / "bad.root", entries)
+    reader = LarcvReader(path)
+    assert reader.read(0).instance.tolist() == [-1]
+    with pytest.raises(DataError, match="entry 1: cluster3d_mcst has 3 voxel sets for 1 particle_mcst entries"):
+        reader.read(1)

@@ -162,3 +162,33 @@ def test_real_pilarnet_events_run_independently(real_root_file):
     for k in alone:
         assert torch.isfinite(together[k]).all()
         assert torch.allclose(together[k][n0:], alone[k], atol=1e-5, rtol=1e-5), k
+
+
+def test_stage1_skipping_the_seediness_decoder_changes_no_embedding_loss_or_gradient():
+    """Stage 1 runs model(batch, seediness=False): the embedding terms and every embedding gradient are
+    bit-identical to those of the full forward pass, and the frozen decoder's buffers stay untouched."""
+    from spice.losses import SPICELoss
+    from spice.train import set_stage
+    batch = collate([track_event(30, n_steps=300), track_event(31, n_steps=300)])
+    model = small_model(seed=4, depth=2, reps=2, dtype=torch.float32)
+    set_stage(model, 1)
+    buffers = {k: v.clone() for k, v in model.seediness_decoder.state_dict().items()}
+
+    def run(seediness: bool):
+        model.zero_grad(set_to_none=True)
+        out = model(batch, seediness=seediness)
+        losses = SPICELoss()(out, batch)
+        losses["emb"].backward()
+        return out, losses, [p.grad.clone() for p in model.embedding_parameters()]
+
+    full, full_losses, full_grads = run(True)
+    skip, skip_losses, skip_grads = run(False)
+    assert "seediness" not in skip and set(skip) == {"embedding", "margin"}
+    assert all(torch.equal(full[k], skip[k]) for k in skip)
+    for t in ("emb", "mask", "smoothing", "inter"):
+        assert torch.equal(full_losses[t], skip_losses[t]), t
+    assert full_losses["seed"] > 0 and skip_losses["seed"] == 0
+    assert torch.equal(skip_losses["total"], skip_losses["emb"])
+    assert all(torch.equal(a, b) for a, b in zip(full_grads, skip_grads, strict=True))
+    assert all(p.grad is None for p in model.seediness_parameters())
+    assert all(torch.equal(v, model.seediness_decoder.state_dict()[k]) for k, v in buffers.items())

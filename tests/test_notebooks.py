@@ -20,12 +20,31 @@ def _tiny_notebook(path: Path, body: str, params: str = "x = 1\ny = 'a'"):
 
 
 def test_every_notebook_has_parameters_and_no_outputs():
+    """The committed notebooks are the sources: valid, without outputs, with a papermill parameters cell."""
     nbs = nbrun.notebooks()
     assert [p.stem[:2] for p in nbs] == [f"{i:02d}" for i in range(9)]
     for path in nbs:
         nb = nbformat.read(path, as_version=4)
-        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} has outputs"
+        nbformat.validate(nb)  # includes unique cell ids
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        dirty = [k for k, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+        assert not dirty, (f"{path.name}: cells {dirty} have outputs or execution counts; "
+                           f"run `python -m spice.notebooks clear` before committing")
+        assert code and "parameters" in code[0].metadata.get("tags", []), f"{path.name}: first code cell untagged"
         assert {"profile", "build_dir", "figures_dir", "seed", "device"} <= set(nbrun.declared_parameters(path))
+
+
+def test_clear_strips_outputs_and_keeps_sources(tmp_path):
+    path = tmp_path / "00_a.ipynb"
+    _tiny_notebook(path, "print('hi')")
+    clean = path.read_bytes()
+    assert not nbrun.clear_outputs(path) and path.read_bytes() == clean
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[2].execution_count = 3
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="hi\n")]
+    nbformat.write(nb, path)
+    assert nbrun.clear_outputs(path)
+    assert path.read_bytes() == clean  # sources, tags and cell ids untouched
 
 
 def test_every_profile_names_only_declared_parameters():
@@ -64,8 +83,26 @@ def test_failing_cell_names_notebook_and_cell_and_source_untouched(tmp_path):
     assert nbrun.main(["run", "--profile", "nonexistent_profile_xyz"]) == 1
 
 
+def test_cell_output_streams_live_once_without_kernel_warnings(tmp_path, capfd):
+    """Prints, tqdm bars and sub-process output reach the terminal once; the kernel's own log does not;
+    the executed copy keeps the outputs with the bar stored as its final line."""
+    body = ("import subprocess, sys\nfrom tqdm import tqdm\nfor i in tqdm(range(3), desc='work'):\n    pass\n"
+            "print('printed', y)\nsubprocess.run([sys.executable, '-c', 'print(\"from a child\")'], check=True)")
+    _tiny_notebook(tmp_path / "00_a.ipynb", body)
+    out = nbrun.run_notebook(tmp_path / "00_a.ipynb", {"y": "b"}, tmp_path / "out")
+    captured = capfd.readouterr()
+    assert "work: 100%" in captured.err and "3/3" in captured.err and "it/s" in captured.err
+    assert captured.out.count("printed b") == 1 and captured.out.count("from a child") == 1
+    assert "WARNING" not in captured.err and "without encryption" not in captured.err + captured.out
+    assert (tmp_path / "out" / "00_a.kernel.log").exists()
+    outputs = nbformat.read(out, as_version=4).cells[-1].outputs
+    streams = {o.name: o.text for o in outputs if o.output_type == "stream"}
+    assert streams["stdout"] == "printed b\nfrom a child\n"
+    assert "\r" not in streams["stderr"] and streams["stderr"].startswith("work: 100%")
+
+
 @pytest.mark.slow
-def test_smoke_profile_runs_every_notebook(tmp_path):
+def test_smoke_profile_runs_every_notebook(tmp_path, capfd):
     """All notebooks end to end on tiny generated data: every paper table and figure file appears."""
     figures = tmp_path / "figures"
     overrides = {"build_dir": str(tmp_path / "build"), "data_dir": str(tmp_path / "data"),
@@ -78,6 +115,17 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
         t0 = time.perf_counter()
         nbrun.run_notebook(path, params, tmp_path / "executed")
         times[path.stem] = time.perf_counter() - t0
+    # live progress in the terminal (make demo): training stage / iteration / loss / it/s / time left,
+    # events done in tuning and evaluation; no kernel or library warnings
+    term = capfd.readouterr()
+    bar = [line for line in term.err.replace("\r", "\n").splitlines() if line.startswith("spice train:")]
+    assert any("4/4" in line and "it/s" in line and "stage=2" in line and "loss=" in line for line in bar), bar
+    assert any("<" in line for line in bar)  # elapsed<remaining
+    assert "tune: 100%" in term.err and "evaluate: 100%" in term.err
+    assert "Warning" not in term.err and "WARNING" not in term.err and "without encryption" not in term.err
+    executed = nbformat.read(tmp_path / "executed" / "02_train.ipynb", as_version=4)
+    kept = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "spice train: 100%" in kept and "\r" not in kept
     for stem in ("table1_dataset", "table2_thresholds", "table3_metrics", "table_ari_fraction", "table_baseline",
                  "table_timing", "table_architecture"):
         for ext in (".csv", ".md", ".tex", ".json"):

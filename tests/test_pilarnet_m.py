@@ -3,7 +3,7 @@ import h5py
 import numpy as np
 import pytest
 
-from spice.data import PILARNET_FIVETYPES, PILARNET_M, DataError, Event, read_pilarnet_m, write_pilarnet_m
+from spice.data import PILARNET_FIVETYPES, PILARNET_M, DataError, Event, read_pilarnet_m, synthetic, write_pilarnet_m
 from spice.data.pilarnet_m import PilarnetMReader
 
 
@@ -74,7 +74,6 @@ def test_write_refuses_mixed_events_and_leaves_nothing(tmp_path):
 
 
 def test_synthetic_round_trip(tmp_path):
-    synthetic = pytest.importorskip("spice.data.synthetic", reason="spice.data.synthetic not written yet")
     events = synthetic.generate(3, spatial_size=128, seed=0)
     back = read_pilarnet_m(write_pilarnet_m(events, tmp_path / "s.h5"))
     assert len(back) == 3 and all(a.equals(b) for a, b in zip(events, back))
@@ -107,6 +106,34 @@ def test_public_style_file_reads(tmp_path):
     assert e.instance.tolist() == [-1, 0, 0] and e.semantic.tolist() == [4, 1, 1]
     assert e.coords.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]] and e.energy.tolist() == [0.5, 1.5, 2.5]
     assert e.labels == PILARNET_M and e.spatial_size == 768
+
+
+def p(x, e):
+    """One point row (x, x, x) with value and energy e."""
+    return [x, x, x, e, e, 0, 0, 0]
+
+
+def test_voxel_in_two_cluster_rows_is_merged_by_the_stated_rule(tmp_path):
+    """A public-style file listing voxels in several rows: one voxel each, first position, summed
+    energy, labels of the row of highest semantic priority, then particle over none, then earlier."""
+    points = [[p(10, 0.1), p(10, 1.0), p(20, 2.0), p(20, 3.0), p(30, 4.0), p(30, 0.5)],
+              [p(5, 1.0), p(6, 1.0), p(5, 2.0), p(6, 2.0), p(6, 4.0)]]
+    clusters = [[[1, -1, -1, -1, 4, -1],   # low energy: voxel 10
+                 [2, 0, 0, 0, 0, 11],      # shower, particle 0: voxels 10, 20
+                 [2, 1, 1, 0, 1, 13],      # track, particle 1: voxels 20, 30
+                 [1, 2, 2, 0, 3, 11]],     # delta, particle 2: voxel 30
+                [[2, -1, -1, -1, 1, -1],   # track, no particle: voxels 5, 6
+                 [2, 3, 3, 0, 1, 13],      # track, particle 3: voxels 5, 6
+                 [1, 4, 4, 0, 1, 13]]]     # track, particle 4: voxel 6
+    path = raw_file(tmp_path / "dup.h5", points, clusters, [np.zeros((4, 5)), np.zeros((3, 5))])
+    a, b = read_pilarnet_m(path)
+    assert a.coords[:, 0].tolist() == [10, 20, 30]
+    assert a.energy.tolist() == pytest.approx([1.1, 5.0, 4.5])
+    assert a.semantic.tolist() == [0, 1, 1]  # shower over low energy; track over shower and over delta
+    assert a.instance.tolist() == [0, 1, 1]
+    assert b.coords[:, 0].tolist() == [5, 6] and b.energy.tolist() == pytest.approx([3.0, 7.0])
+    assert b.instance.tolist() == [3, 3]  # a particle over none; of two particles the earlier row
+    assert PilarnetMReader(path).counts().tolist() == [6, 5]  # stored points, duplicates included
 
 
 def test_error_not_hdf5(tmp_path):

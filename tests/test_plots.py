@@ -114,7 +114,22 @@ def test_event_and_true_vs_pred_figures():
     ev = Event(rng.integers(0, 64, (300, 3)), rng.uniform(0.01, 3, 300).astype(np.float32),
                rng.integers(0, 3, 300), rng.integers(-1, 5, 300), 64)
     fig = plots.fig_event(ev)
-    assert len([ax for ax in fig.axes if ax.name == "3d"]) == 3
+    panels = [ax for ax in fig.axes if ax.name == "3d"]
+    assert len(panels) == 3
+    # the energy colour bar covers no tick label or axis label of any panel (z of the energy panel included)
+    (cbar,) = [ax for ax in fig.axes if ax.name != "3d"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    bar = cbar.get_tightbbox(renderer)
+    for ax in panels:
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+            assert not bar.overlaps(axis.get_tightbbox(renderer)), (ax.get_title(), axis.axis_name)
+    assert cbar.get_ylabel() == "log10(E / MeV)"
+    # voxel colours are viridis over log10(E) from the lowest to the highest deposit of the event
+    import matplotlib
+    rgba = plots.fig_event(ev).axes[0].collections[0].get_facecolor()  # before a draw sorts them by depth
+    assert np.allclose(rgba[np.argmax(ev.energy)], matplotlib.colormaps["viridis"](1.0))
+    assert np.allclose(rgba[np.argmin(ev.energy)], matplotlib.colormaps["viridis"](0.0))
     fig = plots.fig_true_vs_pred(ev.coords, ev.instance, ev.instance[::-1], embedding=rng.normal(size=(300, 3)))
     assert len(fig.axes) == 3
 

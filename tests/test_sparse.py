@@ -111,6 +111,53 @@ def test_gradcheck(op, gen):
     assert torch.autograd.gradcheck(fn, (feats, w), eps=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("op", ["subm", "down", "up"])
+@pytest.mark.parametrize("chunk_bytes", [1, None])  # 1: 64-row chunks (many chunk boundaries); None: default
+def test_gradients_equal_dense_autograd(op, chunk_bytes, gen, monkeypatch):
+    """Outputs and both gradients (features, weight) against autograd through dense conv3d (float64)."""
+    if chunk_bytes is not None:
+        monkeypatch.setitem(tb.CHUNK_BYTES, "cpu", chunk_bytes)
+    fine = random_sites(gen, batch=2, side=D, density=0.5)
+    x0 = tb.make_input(fine, torch.zeros(fine.shape[0], 1, dtype=torch.float64))
+    coarse = tb.downsample_conv2(x0, torch.zeros(8, 1, 1, dtype=torch.float64))
+    src = coarse if op == "up" else x0
+    assert len(src) > 64 or op == "up"
+    feats = torch.randn(len(src), 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(27 if op == "subm" else 8, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    if op == "subm":
+        out = tb.submanifold_conv3(x0.with_feats(feats), w)
+        ref = read(F.conv3d(densify(fine, feats, 2, D), dense_weight(w, 3), padding=1), fine)
+    elif op == "down":
+        out = tb.downsample_conv2(x0.with_feats(feats), w)
+        ref = read(F.conv3d(densify(fine, feats, 2, D), dense_weight(w, 2), stride=2), out.coords)
+    else:
+        out = tb.upsample_conv2(coarse.with_feats(feats), w, x0)
+        ref = read(F.conv_transpose3d(densify(coarse.coords, feats, 2, D // 2), dense_weight(w, 2, transpose=True),
+                                      stride=2), fine)
+    r = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((out.feats * r).sum(), (feats, w))
+    expected = torch.autograd.grad((ref * r).sum(), (feats, w))
+    assert torch.allclose(out.feats, ref, atol=1e-10, rtol=0)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
+
+def test_upsample_from_pooled_sites_equals_upsample_by_lookup(gen):
+    """Up onto the sites a down conv came from reuses that map (transposed); a copy of the coarse coords
+    (not the same tensor) makes the backend look the parents up instead: both give the same numbers."""
+    fine = random_sites(gen, batch=2, side=D, density=0.4)
+    x = tb.make_input(fine, torch.randn(fine.shape[0], 2, generator=gen, dtype=torch.float64))
+    w2 = torch.randn(8, 2, 3, generator=gen, dtype=torch.float64)
+    coarse = tb.downsample_conv2(x, w2)
+    w = torch.randn(8, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    results = []
+    for coords in (coarse.coords, coarse.coords.clone()):
+        f = coarse.feats.clone().requires_grad_()
+        y = tb.upsample_conv2(SparseTensor(coords, f, 2, x.context), w, x)
+        results.append([y.feats.detach(), *torch.autograd.grad(y.feats.sin().sum(), (f, w))])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def _run_twice(gen_seed):
     g = torch.Generator().manual_seed(gen_seed)
     coords = random_sites(g, batch=2, side=8, density=0.3)
@@ -186,6 +233,23 @@ def test_cuda_matches_cpu(gen):
 
     for a, b in zip(net("cpu"), net("cuda")):
         assert torch.allclose(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_reruns_are_bit_identical():
+    """No scatter and no atomics: outputs and gradients repeat exactly on CUDA too (float32)."""
+    def run():
+        g = torch.Generator().manual_seed(3)
+        coords = random_sites(g, batch=2, side=12, density=0.4).cuda()
+        feats = torch.randn(coords.shape[0], 16, generator=g).cuda().requires_grad_()
+        w3, w2 = (torch.randn(k, 16, 16, generator=g).cuda().requires_grad_() for k in (27, 8))
+        x = tb.make_input(coords, feats)
+        y = tb.upsample_conv2(tb.downsample_conv2(tb.submanifold_conv3(x, w3), w2), w2, x)
+        y.feats.sin().sum().backward()
+        return [t.detach().cpu() for t in (y.feats, feats.grad, w3.grad, w2.grad)]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(), run()))
 
 
 def test_autocast_bf16_close_to_float32(gen):

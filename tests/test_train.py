@@ -249,7 +249,6 @@ def test_cli_main(tmp_path, line_events):
 
 
 def test_synthetic_data_path(tmp_path):
-    pytest.importorskip("spice.data.synthetic")
     cfg = tiny_config(tmp_path, stage1_iterations=1, stage2_iterations=1,
                       model={"filters": 4, "depth": 2, "reps": 1, "backend": "torch"},
                       data={"synthetic": {"n_events": 2, "spatial_size": 64, "seed": 0}})

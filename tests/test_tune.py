@@ -3,6 +3,7 @@ thresholds JSON and the `spice tune` command."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -111,4 +112,32 @@ def test_cli(tmp_path, events):
     th = load_thresholds(out)
     classes = {int(c) for ev in events[:2] for c in np.unique(ev.semantic)}
     assert set(th) <= classes and th
-    assert all(0 <= s0 <= 1 and 0.01 <= p0 <= 0.6 for s0, p0 in th.values())
+    assert all(s0 in (0.0, 0.5, 1.0) and p0 in (0.0, 0.3, 0.6) for s0, p0 in th.values())  # SPEC §4 ranges
+    # the written thresholds are the written grid's best per class (highest mean SBD, ties: smallest s0, p0)
+    grid = pd.read_csv(tmp_path / "grid.csv")
+    assert len(grid) == 9 * len(th) and set(grid["class"]) == set(th)
+    for c, (s0, p0) in th.items():
+        sub = grid[grid["class"] == c]
+        top = sub[sub.score >= sub.score.max() - 1e-12]
+        assert (s0, p0) == min(zip(top.s0, top.p0))
+    doc = json.loads(out.read_text())
+    assert doc["objective"] == "sbd" and doc["n_events"] == 2 and doc["checkpoint"] == str(tmp_path / "c.pt")
+
+
+def test_default_grid_spans_spec_ranges():
+    """SPEC §4: s0 over [0, 1], p0 over [0, 0.6], both ends included, evenly spaced."""
+    from spice.tune import DEFAULT_P0, DEFAULT_S0
+    for grid, hi, step in ((DEFAULT_S0, 1.0, 0.05), (DEFAULT_P0, 0.6, 0.01)):
+        assert grid[0] == 0.0 and grid[-1] == pytest.approx(hi, abs=1e-12)
+        assert np.allclose(np.diff(grid), step, atol=1e-12)
+
+
+def test_no_import_circle_between_evaluate_and_tune():
+    """spice.evaluate imports neither spice.tune nor anything that imports it (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+    code = "import sys, spice.evaluate; print('spice.tune' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    src = open(sys.modules["spice.evaluate"].__file__).read()
+    assert "spice.tune" not in src.replace("`spice tune`", "")

@@ -18,19 +18,24 @@ def _list(_args) -> int:
     return 0
 
 
-def _download(args) -> int:
+def _known(call, dataset):
+    """call(), with an unknown dataset or split (KeyError) turned into the bad-input error (ValueError)
+    that the `spice` dispatcher reports in one line."""
     try:
-        paths = dl.download(args.dataset, args.split, args.max_files, retries=args.retries)
-    except (dl.DownloadError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return call()
+    except KeyError as exc:
+        raise ValueError(f"{dataset}: {exc.args[0] if exc.args else exc}") from None
+
+
+def _download(args) -> int:
+    paths = _known(lambda: dl.download(args.dataset, args.split, args.max_files, retries=args.retries), args.dataset)
     for p in paths:
         print(p)
     return 0
 
 
 def _verify(args) -> int:
-    rows = dl.verify(args.dataset)
+    rows = _known(lambda: dl.verify(args.dataset), args.dataset)
     for r in rows:
         print(f"{r['status']:<9} {r['dataset']}/{r['path']} {r['detail']}")
     return 1 if any(r["status"] == "mismatch" for r in rows) else 0

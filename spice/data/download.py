@@ -82,7 +82,7 @@ class ResumableDownloader:
                 total = have + int(r.headers["Content-Length"]) if "Content-Length" in r.headers else self.size
                 bar = None
                 if self.progressbar:
-                    from tqdm.auto import tqdm
+                    from tqdm import tqdm
                     bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=self.part.name[:-5])
                 try:
                     with open(self.part, "ab" if have else "wb") as f:

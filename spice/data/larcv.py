@@ -5,7 +5,9 @@ label) and the grid meta. It cannot stream `cluster3d_mcst`'s voxel lists (membe
 vector<VoxelSet>), so we decode those from the raw basket bytes: per entry a 12-byte header
 (4 byte-count, 2 version, 2 element version, 4 checksum), then per voxel set `int32 n`,
 `n × uint64 id`, `n × float32 value`, all big-endian. The number of sets per entry is the length of
-`_voxel_vv._id`. Instance of an image voxel = index of the lowest voxel set that holds it (−1: none).
+`_voxel_vv._id`. Instance of an image voxel = index of the lowest particle voxel set that holds it.
+There is one set per entry of `particle_mcst`, then (normally) one trailing set of deposits tied to
+no particle: that set is no particle, so a voxel held only by it, or by no set, gets instance −1.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ PRODUCTS = ("sparse3d_data", "sparse3d_fivetypes", "cluster3d_mcst", "particle_m
 _TENSOR = "larcv::SparseTensor3D/"
 _VOXELS = _TENSOR + "larcv::VoxelSet/_voxel_v/_voxel_v."
 _SETS = "larcv::ClusterVoxel3D/larcv::VoxelSetArray/_voxel_vv/_voxel_vv."
+_PARTICLES = "larcv::ParticleSet/_part_v/_part_v._id"
 _HEADER_BYTES = 12
 
 
@@ -181,16 +184,21 @@ class LarcvReader:
         sem_ids = self._array("sparse3d_fivetypes", _VOXELS + "_id", start, stop)
         sem = self._array("sparse3d_fivetypes", _VOXELS + "_value", start, stop)
         n_sets = self._array("cluster3d_mcst", _SETS + "_id", start, stop)
+        n_particles = self._array("particle_mcst", _PARTICLES, start, stop)
         grids = self._grid(start, stop)
         raw = self._cluster_bytes(start, stop)
-        return [self._event(start + i, ids[i], energy[i], sem_ids[i], sem[i], len(n_sets[i]), raw[i], int(grids[i]))
-                for i in range(stop - start)]
+        return [self._event(start + i, ids[i], energy[i], sem_ids[i], sem[i], len(n_sets[i]), raw[i], int(grids[i]),
+                            len(n_particles[i])) for i in range(stop - start)]
 
     def read(self, entry: int) -> Event:
         """One event, reading only that entry's baskets."""
         return self.read_range(entry, entry + 1)[0]
 
-    def _event(self, entry, ids, energy, sem_ids, sem, n_sets, raw, grid) -> Event:
+    def _event(self, entry, ids, energy, sem_ids, sem, n_sets, raw, grid, n_particles) -> Event:
+        """One Event; voxel sets past the first `n_particles` (the trailing set) are no particle."""
+        if n_sets not in (n_particles, n_particles + 1):
+            self._fail(entry, f"cluster3d_mcst has {n_sets} voxel sets for {n_particles} particle_mcst entries "
+                              f"(expected one per particle, plus one trailing set)")
         ids = np.asarray(ids).astype(np.int64)
         if len(energy) != len(ids):
             self._fail(entry, f"sparse3d_data has {len(ids)} ids but {len(energy)} values")
@@ -204,7 +212,7 @@ class LarcvReader:
         coords = np.stack([ids % grid, (ids // grid) % grid, ids // (grid * grid)], axis=1)
         sets = decode_voxel_sets(raw, n_sets, self.path, entry)
         event = Event(coords=coords.astype(np.int64), energy=np.asarray(energy, dtype=np.float32),
-                      semantic=sem.astype(np.int64), instance=instance_of(ids, sets), spatial_size=grid,
+                      semantic=sem.astype(np.int64), instance=instance_of(ids, sets[:n_particles]), spatial_size=grid,
                       labels=PILARNET_FIVETYPES, source=(self.path, entry))
         return event.validate()
 

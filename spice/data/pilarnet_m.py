@@ -8,6 +8,14 @@ Points are stored cluster after cluster (sum(size) == N). Instance = group_id, s
 cluster row. Root attributes: `label_convention` ("pilarnet_m" when absent, or "pilarnet_fivetypes")
 and `spatial_size` (768 when absent).
 
+One voxel listed twice: the public files may list a voxel in two cluster rows (two particles
+depositing in it). PoLAr-MAE's and pimm's readers keep such points as they are; SPICE needs one site
+per voxel, so the reader merges them by this rule (`merge_duplicate_voxels`): the voxel keeps its
+first stored position, its energy is the sum of the listed values (all the charge deposited in it),
+and its semantic label and instance come from one listed row, chosen by semantic priority
+track (HIP, MIP) > shower > Michel > delta > low energy, then a particle (instance >= 0) over no
+particle, then the earlier stored row. `counts()` still counts stored points (duplicates included).
+
 Writing groups voxels into one cluster row per (instance, semantic) pair, unassigned voxels
 (instance −1) first with ids −1. So that a read gives back the exact original voxel order, the
 writer adds one dataset `spice_order` (vlen int64: original index of each stored point); readers
@@ -28,6 +36,32 @@ CONVENTIONS = {"pilarnet_m": PILARNET_M, "pilarnet_fivetypes": PILARNET_FIVETYPE
 DEFAULT_SPATIAL_SIZE = 768
 POINT_COLUMNS = 8
 ORDER = "spice_order"
+
+
+# Which row's labels a voxel listed in several rows keeps: lower rank wins (pimm's overlay order).
+PRIORITY = {"track": 0, "HIP": 0, "MIP": 0, "shower": 1, "Shower": 1, "Michel": 2, "delta": 3, "Delta": 3,
+            "low energy": 4}
+
+
+def merge_duplicate_voxels(event: Event) -> Event:
+    """The event with one voxel per coordinate, by the rule in the module docstring (unchanged when
+    no coordinate repeats). Needs validated coordinates (inside the grid)."""
+    L = event.spatial_size
+    key = (event.coords[:, 0] * L + event.coords[:, 1]) * L + event.coords[:, 2]
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    if len(uniq) == len(key):
+        return event
+    inverse = inverse.reshape(-1)
+    rank = np.array([PRIORITY[name] for name in event.labels])[event.semantic]
+    # by voxel, then rank, then particle before none, then stored order (lexsort: last key first)
+    order = np.lexsort((np.arange(len(key)), event.instance < 0, rank, inverse))
+    starts = np.searchsorted(inverse[order], np.arange(len(uniq)))
+    winner = order[starts]  # (V,) row whose labels each voxel keeps
+    energy = np.bincount(inverse, weights=event.energy.astype(np.float64), minlength=len(uniq))
+    by_position = np.argsort(first, kind="stable")  # voxels in the order of their first stored point
+    return Event(event.coords[first[by_position]], energy[by_position].astype(np.float32),
+                 event.semantic[winner[by_position]], event.instance[winner[by_position]],
+                 event.spatial_size, event.labels, event.source)
 
 
 def convention_name(labels) -> str:
@@ -164,7 +198,7 @@ class PilarnetMReader:
             inverse = np.empty_like(order)
             inverse[order] = np.arange(len(order))
             event = event.select(inverse)
-        return event.validate()
+        return merge_duplicate_voxels(event.validate())
 
 
 def read_pilarnet_m(path) -> list[Event]:
@@ -231,4 +265,5 @@ def write_pilarnet_m(events: list[Event], path, layout: str = "v2") -> Path:
     return path
 
 
-__all__ = ["read_pilarnet_m", "write_pilarnet_m", "PilarnetMReader", "LAYOUTS", "CONVENTIONS"]
+__all__ = ["read_pilarnet_m", "write_pilarnet_m", "merge_duplicate_voxels", "PilarnetMReader", "LAYOUTS",
+           "CONVENTIONS", "PRIORITY"]

@@ -37,3 +37,75 @@ def summary(events: list[Event]) -> pd.DataFrame:
                      "std_instances_per_event": float(counts.std()) if len(counts) else float("nan"),
                      "n_voxels": int(voxels[c])})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _principal_extent(coords: np.ndarray) -> float:
+    """Extent (voxels) of a point set along its principal axis."""
+    if len(coords) < 2:
+        return 0.0
+    c = coords - coords.mean(0)
+    axis = np.linalg.svd(c, full_matrices=False)[2][0]
+    return float(np.ptp(c @ axis))
+
+
+def _neighbour_degree(coords: np.ndarray) -> np.ndarray:
+    """(N,) number of occupied 26-neighbours of every voxel of one event."""
+    from scipy.spatial import cKDTree
+    tree = cKDTree(coords)
+    return np.array([len(n) - 1 for n in tree.query_ball_point(coords, r=np.sqrt(3) + 1e-6, p=2)])
+
+
+def statistics(events: list[Event]) -> dict[str, pd.DataFrame]:
+    """Per-event and per-instance statistics: {"events": [voxels, energy_median_mev, degree_mean,
+    fraction_<class>...], "instances": [class, class_name, voxels, length_cm]}, "voxels": [energy_mev,
+    degree] (one row per voxel). Instances are labelled (instance >= 0) (class, instance) pairs;
+    length_cm is the extent along the principal axis times the 0.3 cm voxel pitch."""
+    from spice.data.event import VOXEL_SIZE_CM
+    labels = events[0].labels if events else ()
+    ev_rows, inst_rows, vox = [], [], []
+    for e in events:
+        degree = _neighbour_degree(e.coords) if len(e) else np.empty(0)
+        counts = np.bincount(e.semantic, minlength=len(labels))[:len(labels)]
+        ev_rows.append({"voxels": len(e), "energy_median_mev": float(np.median(e.energy)) if len(e) else np.nan,
+                        "degree_mean": float(degree.mean()) if len(e) else np.nan,
+                        **{f"fraction_{n}": counts[c] / max(len(e), 1) for c, n in enumerate(labels)}})
+        vox.append(pd.DataFrame({"energy_mev": e.energy, "degree": degree}))
+        for c in np.unique(e.semantic).tolist():
+            m = e.semantic == c
+            for i in np.unique(e.instance[m & (e.instance >= 0)]).tolist():
+                pts = e.coords[m & (e.instance == i)].astype(float)
+                inst_rows.append({"class": c, "class_name": labels[c], "voxels": len(pts),
+                                  "length_cm": _principal_extent(pts) * VOXEL_SIZE_CM})
+    return {"events": pd.DataFrame(ev_rows), "instances": pd.DataFrame(inst_rows, columns=["class", "class_name", "voxels", "length_cm"]),
+            "voxels": pd.concat(vox, ignore_index=True) if vox else pd.DataFrame(columns=["energy_mev", "degree"])}
+
+
+def compare(real: list[Event], generated: list[Event]) -> pd.DataFrame:
+    """The real sample beside generated events of the same grid, one row per quantity: [quantity, real,
+    generated, ratio (generated / real)]. Medians unless stated; instances per event count the events
+    holding the class; track lengths are of HIP and MIP (track) instances."""
+    labels = real[0].labels
+    if tuple(generated[0].labels) != tuple(labels):
+        raise ValueError(f"label conventions differ: {labels} vs {generated[0].labels}")
+    a, b = statistics(real), statistics(generated)
+    rows = [("voxels per event (median)", a["events"].voxels.median(), b["events"].voxels.median()),
+            ("energy per voxel, MeV (median)", a["voxels"].energy_mev.median(), b["voxels"].energy_mev.median()),
+            ("occupied 26-neighbours per voxel (mean)", a["voxels"].degree.mean(), b["voxels"].degree.mean())]
+    for c, name in enumerate(labels):
+        frac = lambda s: s["events"][f"fraction_{name}"].mul(s["events"].voxels).sum() / s["events"].voxels.sum()
+        rows.append((f"{name}: share of voxels", frac(a), frac(b)))
+    for c, name in enumerate(labels):
+        ia, ib = a["instances"][a["instances"]["class"] == c], b["instances"][b["instances"]["class"] == c]
+        per_event = lambda inst, s: len(inst) / max(int((s["events"][f"fraction_{name}"] > 0).sum()), 1)
+        rows.append((f"{name}: instances per event holding it (mean)", per_event(ia, a) if len(ia) else np.nan,
+                     per_event(ib, b) if len(ib) else np.nan))
+        rows.append((f"{name}: instance size, voxels (median)", ia.voxels.median() if len(ia) else np.nan,
+                     ib.voxels.median() if len(ib) else np.nan))
+    tracks = [c for c, n in enumerate(labels) if n in ("HIP", "MIP", "track")]
+    for c in tracks:
+        ia, ib = a["instances"][a["instances"]["class"] == c], b["instances"][b["instances"]["class"] == c]
+        rows.append((f"{labels[c]}: track length, cm (median)", ia.length_cm.median() if len(ia) else np.nan,
+                     ib.length_cm.median() if len(ib) else np.nan))
+    out = pd.DataFrame(rows, columns=["quantity", "real", "generated"])
+    out["ratio"] = (out["generated"] / out["real"]).where(out["real"] > 0)
+    return out

@@ -9,8 +9,11 @@ Physics model (all lengths in cm unless stated; 1 voxel = 0.3 cm):
   dE/dx (MeV/cm) with a Landau-like (Moyal) fluctuation. Steps are voxelised by an exact 3D line
   traversal (energy per voxel proportional to the path length inside it), then spread by a transverse
   Gaussian of `diffusion_voxels` (integrated over the 3x3x3 neighbourhood), as the drift does.
-- MIP (muon/pion): dE/dx ~2.1 MeV/cm; stopping muons end inside the grid, the others leave it.
-- HIP (proton): Bragg curve dE/dx = 17 r^-0.42 MeV/cm (r = residual range); stops inside.
+- MIP (muon/pion): dE/dx ~2.1 MeV/cm, with the Bragg rise dE/dx(r) = 17 (r m_p/m_mu)^-0.42 MeV/cm
+  over the last few cm of a stopping muon (r = residual range; same beta-gamma as a proton of range
+  r m_p/m_mu); stopping muons end inside the world, the others leave it or end in flight.
+- HIP (proton): kinetic energy T log-uniform, range from the energy (T = 17/0.58 r^0.58, the integral
+  of the Bragg curve dE/dx = 17 r^-0.42 MeV/cm); a proton that reaches the world's edge leaves it.
 - Shower: a photon converts after an exponential gap (9/7 X0) into e+e-; electrons travel Exp(X0)
   legs ionising 2.1 MeV/cm and radiate bremsstrahlung photons (1/k spectrum) until they fall under the
   critical energy; soft photons (the softest brems photons and 0.2-1.5 MeV ones emitted every
@@ -18,15 +21,17 @@ Physics model (all lengths in cm unless stated; 1 voxel = 0.3 cm):
   Rain showers start as electrons (no gap) with probability `electron_fraction`.
 - Michel: the same electron cascade from the end of a stopping muon, energy from the Michel spectrum
   times `michel_visible` (tuned so Michel voxels per event match Table I).
-- Delta: knock-on electrons (1/T^2 spectrum) off MIP tracks at the kinematic angle.
+- Delta: knock-on electrons (1/T^2 spectrum above `delta_mev[0]`) off muon and proton tracks (in
+  proportion to track length) at the kinematic angle.
 - Particles come from shared interaction vertices (sometimes nearly co-linear) or are independent rain.
 
-Scaling with the grid: at spatial_size L every length and energy of the 512-voxel model is multiplied
-by s = L/512 (ranges, gaps, X0, shower energies) and the expected number of extra particles by
-sqrt(s); Delta and Michel energies scale by sqrt(s) only, so that they stay above the 10-voxel
-evaluation cut at L = 128..192. dE/dx, voxel size and the 0.01 MeV threshold stay physical.
-At L=512 the per-class presence, instance counts and voxel totals follow the paper's Table I (the
-sampled counts are slightly above the targets because particles leaving the grid are lost).
+True scale and cropping (SPEC §6): the physics never depends on the grid. Every event is built in a
+world of W = max(L, 512) voxels (153.6 cm or more) with the 512-voxel model (true lengths, energies
+and particle counts; counts grow with sqrt(W/512) beyond that), then cropped to the L^3 window around
+one of its interaction vertices (jittered by up to L/4), as PILArNet's 192px images are crops of
+larger events: particles enter and leave the crop, and most of the event's particles lie outside it.
+At L = 512 the crop is the whole world, and the per-class presence, instance counts and voxel totals
+follow the paper's Table I (slightly above the targets because particles leaving the grid are lost).
 
 Overlaps (as PILArNet, SPEC §6): the energy of a voxel is the sum of all deposits; its semantic and
 instance label are those of the lowest-ranked particle with at least `label_min_mev` in it. Particles
@@ -53,6 +58,7 @@ HIP, MIP, SHOWER, DELTA, MICHEL = range(5)
 RANK = {HIP: 0, MIP: 1, DELTA: 2, MICHEL: 3, SHOWER: 4}  # label priority where particles overlap
 M_E, M_MU, M_P = 0.511, 105.66, 938.27  # MeV
 MOYAL_MEAN = 0.5772156649 + np.log(2.0)  # mean of the standard Moyal distribution
+MIN_CROP_VOXELS = 100  # a crop holding fewer voxels is moved to the next vertex
 
 
 @dataclass
@@ -65,9 +71,9 @@ class SynthConfig:
     mip_dedx: float = 2.1              # MeV/cm
     landau_width: float = 0.12         # relative width of the Moyal fluctuation per step
     x0_cm: float = 14.0                # radiation length of argon
-    critical_mev: float = 30.0         # electrons below this stop radiating
-    pair_min_mev: float = 2.0          # softer photons Compton-scatter instead of converting
-    compton_cm: float = 15.0           # mean distance a soft photon travels
+    critical_mev: float = 32.0         # electrons below this stop radiating (argon)
+    pair_min_mev: float = 10.0         # softer photons Compton-scatter instead of converting (argon: ~10 MeV)
+    compton_cm: float = 20.0           # mean free path of a few-MeV photon in argon
     blip_cm: float = 4.0               # mean e± path between soft (0.2-1.5 MeV) photon emissions
     # per-class presence probability, mean and sd of the count when present (Table I)
     hip_count: tuple[float, float, float] = (0.88, 4.0, 3.0)
@@ -78,13 +84,15 @@ class SynthConfig:
     extra_vertices: float = 1.0        # Poisson mean of vertices beyond the first
     from_vertex: tuple[float, float, float] = (0.85, 0.6, 0.6)  # P(from a vertex) for HIP, MIP, Shower
     colinear: float = 0.1              # P(a vertex particle nearly copies the previous direction)
-    hip_range_cm: tuple[float, float] = (2.5, 50.0)       # log-uniform
+    hip_mev: tuple[float, float] = (50.0, 285.0)          # log-uniform kinetic energy (ranges 2.5-50 cm)
     mip_range_cm: tuple[float, float] = (16.0, 330.0)      # log-uniform, length before leaving/stopping
     shower_mev: tuple[float, float] = (17.0, 560.0)       # log-uniform primary energy
     electron_fraction: float = 0.3     # rain showers that start as an electron (no gap)
     delta_mev: tuple[float, float] = (3.0, 40.0)          # 1/T^2 spectrum
     michel_visible: float = 0.5        # fraction of the Michel spectrum energy given to the Michel cascade
-    margin: float = 0.05               # fraction of L kept free around vertices and stopping points
+    margin: float = 0.05               # fraction of the world kept free around vertices and stopping points
+    world: int = 512                   # voxels: events are built in max(L, world)^3 and cropped to L^3
+    crop_jitter: float = 0.25          # crop centre = a vertex + uniform(-j, j) * L per axis
 
 
 # ----------------------------------------------------------------------------- geometry and physics
@@ -206,7 +214,7 @@ def _tracks(rng, dep, cfg, start, direction, length_vox, r_end_cm, kind, pid):
         return r_end_cm[:, None] + (n_steps[:, None] - k - 0.5) * step[:, None] * vox
 
     def kinetic(r):
-        return cfg.mip_dedx * r if kind == MIP else 17.0 / 0.58 * np.maximum(r, 0) ** 0.58
+        return cfg.mip_dedx * r if kind == MIP else proton_kinetic(r)
 
     def theta(k, n_steps, step):
         p = _momentum(kinetic(residual(k, n_steps, step)), mass)
@@ -214,27 +222,37 @@ def _tracks(rng, dep, cfg, start, direction, length_vox, r_end_cm, kind, pid):
 
     a, b, path, k, n_steps, step = _walk(rng, start, direction, length_vox, theta)
     r = r_end_cm[path] + (n_steps[path] - k - 0.5) * step[path] * vox  # residual range per step (cm)
-    if kind == MIP:
-        dedx = np.full(len(a), cfg.mip_dedx)
-    else:  # Bragg curve, averaged over the step near the stopping point
-        dedx = np.minimum(17.0 * np.maximum(r, 0.05) ** -0.42, 60.0)
+    # Bragg curve (a muon of residual range r has the beta-gamma of a proton of range r m_p/m_mu),
+    # never below the minimum-ionising plateau for muons
+    bragg = np.minimum(17.0 * np.maximum(r * (M_P / mass), 0.05) ** -0.42, 60.0)
+    dedx = np.maximum(bragg, cfg.mip_dedx) if kind == MIP else bragg
     dep.add(a, b, dedx * _landau(rng, len(a), cfg.landau_width), pid[path])
     return b, path, n_steps
 
 
-def _cascade(rng, dep, cfg, s, start, direction, energy, pid, photon):
+def proton_kinetic(range_cm):
+    """Kinetic energy (MeV) of a proton of residual range r (cm): the integral of 17 r^-0.42 MeV/cm."""
+    return 17.0 / 0.58 * np.maximum(range_cm, 0) ** 0.58
+
+
+def proton_range(kinetic_mev):
+    """Range (cm) of a proton of kinetic energy T (MeV), the inverse of `proton_kinetic`."""
+    return (0.58 / 17.0 * np.asarray(kinetic_mev, float)) ** (1 / 0.58)
+
+
+def _cascade(rng, dep, cfg, start, direction, energy, pid, photon):
     """Electromagnetic cascades from primaries (electrons, or photons when `photon`), vectorised.
 
-    Energies in MeV and lengths scaled by s; deposits 2.1 MeV/cm along e± legs.
+    Energies in MeV, lengths in cm at true scale (X0, critical energy); deposits 2.1 MeV/cm along e± legs.
     """
     vox = VOXEL_SIZE_CM
-    x0, ecut, pmin = cfg.x0_cm * s, cfg.critical_mev * s, cfg.pair_min_mev * s
+    x0, ecut, pmin = cfg.x0_cm, cfg.critical_mev, cfg.pair_min_mev
     pos, dirs, e, owner, final = (np.empty((0, 3)), np.empty((0, 3)), np.empty(0),
                                   np.empty(0, np.int64), np.empty(0, bool))
 
     def photons(p0, d0, k, who):  # photons -> pair legs (hard) or Compton blips (soft)
         hard = k >= pmin
-        gap = rng.exponential(np.where(hard, 9 / 7 * x0, cfg.compton_cm * s)) / vox
+        gap = rng.exponential(np.where(hard, 9 / 7 * x0, cfg.compton_cm)) / vox
         dg = np.where(hard[:, None], d0, _tilt(rng, d0, rng.uniform(0.0, 1.0, len(k))))
         conv = p0 + dg * gap[:, None]
         v = rng.uniform(0.05, 0.95, len(k))
@@ -276,12 +294,12 @@ def _cascade(rng, dep, cfg, s, start, direction, energy, pid, photon):
         end, end_dir = b[last], _unit(b[last] - a[last])
         e_left = e - leg_cm * cfg.mip_dedx
         # soft photons radiated along the legs -> isolated Compton-like blips near the shower
-        n_blip = rng.poisson(leg_cm / (cfg.blip_cm * s)) * (~final)
+        n_blip = rng.poisson(leg_cm / cfg.blip_cm) * (~final)
         blip_leg = np.repeat(np.arange(len(e)), n_blip)
         first = np.searchsorted(path, blip_leg)
         n_seg = np.bincount(path, minlength=len(e))[blip_leg]
         at = first + (rng.random(len(blip_leg)) * n_seg).astype(np.int64)
-        k_blip = rng.uniform(0.2, 1.5, len(blip_leg)) * s
+        k_blip = rng.uniform(0.2, 1.5, len(blip_leg))
         e_left = e_left - np.bincount(blip_leg, k_blip, minlength=len(e))
         bp = photons(a[at], _isotropic(rng, len(at)), np.minimum(k_blip, 0.99 * pmin), owner[blip_leg])
         go = ~final & (e_left > 0)
@@ -332,10 +350,12 @@ def _exit_distance(p: np.ndarray, d: np.ndarray, lo: float, hi: float) -> np.nda
 
 # ----------------------------------------------------------------------------- event assembly
 
-def _build(rng: np.random.Generator, L: int, cfg: SynthConfig) -> _Deposits:
-    s, c = L / 512.0, np.sqrt(L / 512.0)
+def _build(rng: np.random.Generator, W: int, cfg: SynthConfig) -> tuple[_Deposits, np.ndarray]:
+    """All particles of one event in a W^3 world of 0.3 cm voxels, at true scale; returns the deposits
+    and the interaction vertices (V,3) in voxels."""
+    c = np.sqrt(max(W / 512.0, 1.0))  # more particles in a larger world, never fewer
     vox = VOXEL_SIZE_CM
-    lo, hi = cfg.margin * L, (1 - cfg.margin) * L
+    lo, hi = cfg.margin * W, (1 - cfg.margin) * W
     dep = _Deposits()
     vertices = rng.uniform(lo, hi, (1 + rng.poisson(cfg.extra_vertices * c), 3))
     last_dir = {}
@@ -356,57 +376,64 @@ def _build(rng: np.random.Generator, L: int, cfg: SynthConfig) -> _Deposits:
     n_delta = _count(rng, cfg.delta_count, c) if n_mip else 0
     n_michel = min(_count(rng, cfg.michel_count, c), n_mip)
 
-    # protons: stop inside the grid (range shortened to fit)
+    # protons: range from the kinetic energy; one that reaches the world's edge leaves it in flight
     start, dirs = origins(n_hip, cfg.from_vertex[0])
-    length = np.minimum(_loguniform(rng, cfg.hip_range_cm, n_hip) * s / vox, _exit_distance(start, dirs, lo, hi))
-    _tracks(rng, dep, cfg, start, dirs, length, np.zeros(n_hip), HIP, dep.new(HIP, n_hip))
+    proton_cm = proton_range(_loguniform(rng, cfg.hip_mev, n_hip))
+    length = np.minimum(proton_cm / vox, _exit_distance(start, dirs, 0, W))
+    _tracks(rng, dep, cfg, start, dirs, length, proton_cm - length * vox, HIP, dep.new(HIP, n_hip))
 
     # muons/pions: the first n_michel stop inside (and get a Michel), the rest leave or end in flight
     start, dirs = origins(n_mip, cfg.from_vertex[1])
-    length = _loguniform(rng, cfg.mip_range_cm, n_mip) * s / vox
+    length = _loguniform(rng, cfg.mip_range_cm, n_mip) / vox
     stop = np.arange(n_mip) < n_michel
     length[stop] = np.minimum(length[stop], _exit_distance(start[stop], dirs[stop], lo, hi))
-    r_end = np.where(stop, 0.0, rng.uniform(20, 500, n_mip) * s)
-    out = _tracks(rng, dep, cfg, start, dirs, length, r_end, MIP, dep.new(MIP, n_mip))
+    r_end = np.where(stop, 0.0, rng.uniform(20, 500, n_mip))
+    mip = _tracks(rng, dep, cfg, start, dirs, length, r_end, MIP, dep.new(MIP, n_mip))
 
     if n_mip:
-        b, path, _ = out
+        b, path, _ = mip
         a = dep.a[-1]
-        inside = np.all((b >= 0) & (b < L), axis=1)
-        # delta rays: knock-on electrons from random in-grid points of the muon tracks
-        cand = np.flatnonzero(inside)
+        # delta rays: knock-on electrons from random in-world points of the muon and proton tracks
+        seg_a, seg_b = (np.concatenate([dep.a[0], a]), np.concatenate([dep.b[0], b])) if n_hip else (a, b)
+        cand = np.flatnonzero(np.all((seg_b >= 0) & (seg_b < W), axis=1))
         if n_delta and len(cand):
             at = cand[rng.integers(0, len(cand), n_delta)]
-            lo_t, hi_t = np.array(cfg.delta_mev) * c
+            lo_t, hi_t = cfg.delta_mev
             t = 1 / rng.uniform(1 / hi_t, 1 / lo_t, n_delta)  # 1/T^2 spectrum
             cos = np.sqrt(t / (t + 2 * M_E))
-            d = _tilt(rng, _unit(b[at] - a[at]), cos)
-            ids = dep.new(DELTA, n_delta)
-            _cascade(rng, dep, cfg, s, b[at], d, t, ids, np.zeros(n_delta, bool))
+            d = _tilt(rng, _unit(seg_b[at] - seg_a[at]), cos)
+            _cascade(rng, dep, cfg, seg_b[at], d, t, dep.new(DELTA, n_delta), np.zeros(n_delta, bool))
         # Michel electrons at the ends of the stopping muons
         if n_michel:
             ends = np.array([np.flatnonzero(path == i)[-1] for i in range(n_michel)])
-            ids = dep.new(MICHEL, n_michel)
-            _cascade(rng, dep, cfg, s, b[ends], _isotropic(rng, n_michel),
-                     _michel_energy(rng, n_michel) * cfg.michel_visible * c, ids, np.zeros(n_michel, bool))
+            _cascade(rng, dep, cfg, b[ends], _isotropic(rng, n_michel),
+                     _michel_energy(rng, n_michel) * cfg.michel_visible, dep.new(MICHEL, n_michel),
+                     np.zeros(n_michel, bool))
 
     # showers: photons (with a conversion gap) from vertices, photons or electrons as rain
     at_vertex = rng.random(n_shw) < cfg.from_vertex[2]
     start = np.where(at_vertex[:, None], vertices[rng.integers(0, len(vertices), n_shw)],
                      rng.uniform(lo, hi, (n_shw, 3)))
     photon = at_vertex | (rng.random(n_shw) >= cfg.electron_fraction)
-    energy = _loguniform(rng, cfg.shower_mev, n_shw) * s
-    _cascade(rng, dep, cfg, s, start, _isotropic(rng, n_shw), energy, dep.new(SHOWER, n_shw), photon)
-    return dep
+    energy = _loguniform(rng, cfg.shower_mev, n_shw)
+    _cascade(rng, dep, cfg, start, _isotropic(rng, n_shw), energy, dep.new(SHOWER, n_shw), photon)
+    return dep, vertices
 
 
-def _voxelise(dep: _Deposits, L: int, cfg: SynthConfig):
-    """Segments -> (coords, energy, particle) with transverse spread, clipping, overlap resolution."""
+def _voxelise(dep: _Deposits, L: int, cfg: SynthConfig, origin=(0.0, 0.0, 0.0)):
+    """Segments -> (coords, energy, particle) in the L^3 crop whose corner is `origin` (world voxels),
+    with transverse spread, clipping, overlap resolution."""
     cls = np.asarray(dep.cls, np.int64)
     if not dep.a or len(cls) == 0:
         return np.empty((0, 3), np.int64), np.empty(0), np.empty(0, np.int64), cls
-    a, b = np.concatenate(dep.a), np.concatenate(dep.b)
+    shift = np.asarray(origin, float)
+    a, b = np.concatenate(dep.a) - shift, np.concatenate(dep.b) - shift
     dedx, pid = np.concatenate(dep.dedx), np.concatenate(dep.pid)
+    near = np.all((np.minimum(a, b) < L + 2) & (np.maximum(a, b) >= -2), axis=1)  # only what reaches the crop
+    a, b, dedx, pid = a[near], b[near], dedx[near], pid[near]
+    empty = (np.empty((0, 3), np.int64), np.empty(0), np.empty(0, np.int64), cls)
+    if len(a) == 0:
+        return empty
     seg, vox, length, frac = traverse(a, b)
     e = dedx[seg] * length * VOXEL_SIZE_CM
     # aggregate per (particle, voxel) with the energy-weighted sub-voxel position
@@ -437,6 +464,8 @@ def _voxelise(dep: _Deposits, L: int, cfg: SynthConfig):
     rank = np.empty(len(cls), np.int64)
     rank[rank_of] = np.arange(len(cls))
     r = rank[cp] + np.where(ce >= cfg.label_min_mev, 0, len(cls))
+    if len(cv) == 0:
+        return empty
     lin = (cv[:, 0] * L + cv[:, 1]) * L + cv[:, 2]
     order = np.argsort(lin * (2 * len(cls)) + r)  # keys unique: one entry per (voxel, particle)
     lin, ce, r = lin[order], ce[order], r[order]
@@ -449,8 +478,8 @@ def _voxelise(dep: _Deposits, L: int, cfg: SynthConfig):
     return coords, energy, winner, cls
 
 
-def _event_from(dep: _Deposits, L: int, cfg: SynthConfig, source) -> Event:
-    coords, energy, particle, cls = _voxelise(dep, L, cfg)
+def _event_from(dep: _Deposits, L: int, cfg: SynthConfig, source, origin=(0.0, 0.0, 0.0)) -> Event:
+    coords, energy, particle, cls = _voxelise(dep, L, cfg, origin)
     present = np.unique(particle)
     ranks = np.array([RANK[c] for c in cls[present]], np.int64)
     ordered = present[np.lexsort((present, ranks))]  # rank order, then creation order
@@ -468,15 +497,54 @@ def _rng(seed: int, index: int) -> np.random.Generator:
 def generate_event(index: int, spatial_size: int = 512, seed: int = 0, config: SynthConfig | None = None) -> Event:
     """Event `index` of the synthetic stream `seed` (independent child stream per event)."""
     cfg = config or SynthConfig()
-    if spatial_size < 16:
+    L = int(spatial_size)
+    if L < 16:
         raise ValueError(f"spatial_size must be at least 16 voxels, got {spatial_size}")
-    dep = _build(_rng(seed, index), int(spatial_size), cfg)
-    return _event_from(dep, int(spatial_size), cfg, (f"synthetic:seed={seed}", int(index)))
+    rng = _rng(seed, index)
+    W = max(L, cfg.world)
+    dep, vertices = _build(rng, W, cfg)
+    source = (f"synthetic:seed={seed}", int(index))
+    if W == L:
+        return _event_from(dep, L, cfg, source)
+    # crop around a vertex (the next one when a crop holds almost nothing), jittered, inside the world
+    event = None
+    for v in rng.permutation(vertices):
+        centre = v + rng.uniform(-cfg.crop_jitter, cfg.crop_jitter, 3) * L
+        origin = np.floor(np.clip(centre - L / 2, 0, W - L))
+        event = _event_from(dep, L, cfg, source, origin)
+        if len(event) >= MIN_CROP_VOXELS:
+            break
+    return event
 
 
 def generate(n_events: int, spatial_size: int = 512, seed: int = 0, config: SynthConfig | None = None) -> list[Event]:
     """`n_events` synthetic events on a spatial_size^3 grid of 0.3 cm voxels (see module docstring)."""
     return [generate_event(i, spatial_size, seed, config) for i in range(int(n_events))]
+
+
+class SyntheticEvents:
+    """The lazy sequence generate(n_events, spatial_size, seed): item i is made when asked for (about
+    40 ms on one core), so a training stream of 10^5 distinct events costs no memory up front.
+    Items are cached up to `cache` events (the first ones asked for), for datasets reused every epoch."""
+
+    def __init__(self, n_events: int, spatial_size: int = 512, seed: int = 0, config: SynthConfig | None = None,
+                 cache: int = 0):
+        self.n_events, self.spatial_size, self.seed, self.config = int(n_events), int(spatial_size), int(seed), config
+        self.cache, self._cached = int(cache), {}
+
+    def __len__(self) -> int:
+        return self.n_events
+
+    def __getitem__(self, index: int) -> Event:
+        index = int(index)
+        if not 0 <= index < self.n_events:
+            raise IndexError(f"synthetic event {index} out of range [0, {self.n_events})")
+        event = self._cached.get(index)
+        if event is None:
+            event = generate_event(index, self.spatial_size, self.seed, self.config)
+            if len(self._cached) < self.cache:
+                self._cached[index] = event
+        return event
 
 
 def single_particle(kind: int, start, direction, size: float, spatial_size: int = 512, seed: int = 0,
@@ -485,7 +553,7 @@ def single_particle(kind: int, start, direction, size: float, spatial_size: int 
 
     kind: HIP or MIP (size = range in cm, stopping at the end), SHOWER (photon, size = MeV),
     MICHEL or DELTA (electron, size = MeV). start in voxels, direction any non-zero 3-vector.
-    No grid scaling is applied.
+    Built directly on the L^3 grid (no crop).
     """
     cfg = config or SynthConfig()
     rng = _rng(seed, 0)
@@ -496,7 +564,7 @@ def single_particle(kind: int, start, direction, size: float, spatial_size: int 
     if kind in (HIP, MIP):
         _tracks(rng, dep, cfg, p0, d0, np.array([size / VOXEL_SIZE_CM]), np.zeros(1), kind, ids)
     else:
-        _cascade(rng, dep, cfg, 1.0, p0, d0, np.array([float(size)]), ids, np.array([kind == SHOWER]))
+        _cascade(rng, dep, cfg, p0, d0, np.array([float(size)]), ids, np.array([kind == SHOWER]))
     return _event_from(dep, int(spatial_size), cfg, (f"synthetic:single:seed={seed}", 0))
 
 

@@ -1,9 +1,19 @@
-"""Kernel maps of the torch backend: for every kernel offset k, the (in_row, out_row) pairs it connects.
+"""Kernel maps of the torch backend: which input row feeds each output row through which kernel offset.
 
 Sites are found by packing [b, x, y, z] into one int64 key (b most significant) and binary search
 (`torch.searchsorted`) in the sorted keys, so everything runs on CPU or CUDA without Python loops
 over voxels. Offsets are ordered x-fastest (docs/CONTRACTS.md): 3^3 k = (dx+1) + 3(dy+1) + 9(dz+1),
 2^3 k = dx + 2dy + 4dz.
+
+A convolution is described by two `Route`s, one for each direction, so neither the forward pass nor
+the input gradient ever scatters (no index_add, no atomics on CUDA):
+  * `Gather(table)`: out[i] = Σ_k src[table[i, k]] @ W[k], table (n_out, K), absent = n_src (a zero row);
+  * `Pick(cell)`:    out[i] = (src @ W)[cell[i]] with src @ W laid out (n_src·K, Cout) (row q·K + k is
+                     src[q] @ W[k]), absent = n_src·K (a zero row).
+Submanifold 3^3: Gather both ways with one table (the neighbour relation is symmetric,
+q = p + off_k <=> p = q + off_{26−k}, so the input gradient gathers through the mirrored kernel
+W[26 − k]). Down 2^3: forward Gather over the 8 children of each coarse site, backward Pick of each
+fine site's (parent, parity). Up 2^3: the same pair swapped.
 """
 from __future__ import annotations
 
@@ -15,18 +25,38 @@ IDENTITY3 = 13  # the centre offset (0, 0, 0) of the 3^3 kernel
 
 
 @dataclass
-class KernelMap:
-    """Pairs of one convolution, grouped by offset: rows in_rows[s_k:s_k+counts[k]] feed out_rows[...] via W[k].
+class Gather:
+    """out[i] = Σ_k src[table[i, k]] @ W[k]; table (n_out, K) int64, the value n_src meaning "no input"."""
 
-    in_rows, out_rows (P,) int64; counts: pairs per offset (len K); n_out: output rows;
-    identity: offset whose map is every row onto itself (done as one dense matmul, not in the pairs), or -1.
-    """
+    table: torch.Tensor
 
-    in_rows: torch.Tensor
-    out_rows: torch.Tensor
-    counts: list[int]
+
+@dataclass
+class Pick:
+    """out[i] = src[cell[i] // K] @ W[cell[i] % K]; cell (n_out,) int64, the value n_src·K meaning "no input"."""
+
+    cell: torch.Tensor
+
+
+Route = Gather | Pick
+
+
+@dataclass
+class ConvMap:
+    """One convolution with K offsets from n_in to n_out rows: `forward` routes inputs to outputs,
+    `backward` output gradients to input gradients; `mirrored`: backward offset k' uses W[K−1−k']."""
+
+    forward: Route
+    backward: Route
+    n_in: int
     n_out: int
-    identity: int = -1
+    kernel: int
+    mirrored: bool = False
+
+    def pairs(self) -> int:
+        """Number of (input, output) pairs that carry work (the useful multiply-adds are pairs·Cin·Cout)."""
+        r = self.forward if isinstance(self.forward, Gather) else self.backward
+        return int((r.table < (self.n_in if r is self.forward else self.n_out)).sum())
 
 
 @dataclass
@@ -40,12 +70,17 @@ class MapCache:
     radix: int
     maps: dict = field(default_factory=dict)
 
-    def get(self, key, sources: tuple, build):
+    def lookup(self, key, sources: tuple):
         entry = self.maps.get(key)
         if entry is not None and len(entry[0]) == len(sources) and all(a is b for a, b in zip(entry[0], sources)):
             return entry[1]
-        value = build()
-        self.maps[key] = (sources, value)
+        return None
+
+    def get(self, key, sources: tuple, build):
+        value = self.lookup(key, sources)
+        if value is None:
+            value = build()
+            self.maps[key] = (sources, value)
         return value
 
 
@@ -125,42 +160,54 @@ def parent(coords: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _group_by_offset(offset: torch.Tensor, in_rows: torch.Tensor, out_rows: torch.Tensor, n_offsets: int):
-    """Stable sort of pairs by offset index; returns (in_rows, out_rows, counts)."""
-    order = torch.argsort(offset, stable=True)
-    counts = torch.bincount(offset, minlength=n_offsets).tolist()
-    return in_rows[order], out_rows[order], counts
+def submanifold_map(index: SiteIndex, coords: torch.Tensor, radix: int) -> ConvMap:
+    """3^3 map of a set onto itself: out row p reads the row of p + off_k (absent: m).
 
-
-def submanifold_map(index: SiteIndex, coords: torch.Tensor, radix: int) -> KernelMap:
-    """3^3 map of a set onto itself: out row p reads in row of p + off_k. The centre is the identity."""
+    Only the 13 offsets before the centre are searched; the other 13 follow by symmetry
+    (q = p + off_k  <=>  p = q + off_{26−k}), and the centre is every row itself.
+    """
     m = coords.shape[0]
-    off = offsets3(coords.device)
-    off = torch.cat([off[:IDENTITY3], off[IDENTITY3 + 1:]])  # 26 non-centre offsets
-    shifted = coords.unsqueeze(0).repeat(off.shape[0], 1, 1)
+    off = offsets3(coords.device)[:IDENTITY3]
+    shifted = coords.unsqueeze(0).repeat(IDENTITY3, 1, 1)
     shifted[:, :, 1:] += off[:, None, :]
-    rows = index.rows(pack(shifted, radix))  # (26, M)
-    found = rows >= 0
-    in_rows = rows[found]
-    out_rows = torch.arange(m, device=coords.device).expand_as(rows)[found]
-    counts = found.sum(dim=1).tolist()
-    counts.insert(IDENTITY3, 0)
-    return KernelMap(in_rows, out_rows, counts, m, identity=IDENTITY3)
+    rows = index.rows(pack(shifted, radix))                              # (13, m), −1 absent
+    table = torch.full((27, m), m, dtype=torch.int64, device=coords.device)
+    table[:IDENTITY3] = torch.where(rows >= 0, rows, m)
+    table[IDENTITY3] = torch.arange(m, device=coords.device)
+    k, p = torch.nonzero(rows >= 0, as_tuple=True)
+    table[26 - k, rows[k, p]] = p                                        # mirrored offsets
+    table = table.t().contiguous()                                       # (m, 27)
+    route = Gather(table)  # backward: the gradient of row p gathers the same neighbours, through W[26 − k]
+    return ConvMap(route, route, m, m, 27, mirrored=True)
 
 
-def downsample_map(coords: torch.Tensor, radix: int) -> tuple[torch.Tensor, KernelMap]:
-    """2^3 stride-2 map: (coarse coords (Q,4) = unique floor(c/2) sorted by key, map fine row -> coarse row)."""
+def _cells(parent_rows: torch.Tensor, fine: torch.Tensor, n_coarse: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the coarse row of each fine site (−1: none) -> (cell (N,) = row·8 + parity or Q·8,
+    children (Q, 8) = fine row of each (coarse, parity) or N)."""
+    n = fine.shape[0]
+    found = parent_rows >= 0
+    cell = torch.where(found, parent_rows * 8 + parity2(fine), n_coarse * 8)
+    children = torch.full((n_coarse * 8 + 1,), n, dtype=torch.int64, device=fine.device)
+    children[cell] = torch.arange(n, device=fine.device)                  # cells are distinct (or the spare slot)
+    return cell, children[:-1].view(n_coarse, 8)
+
+
+def downsample_map(coords: torch.Tensor, radix: int) -> tuple[torch.Tensor, ConvMap]:
+    """2^3 stride-2 map: (coarse coords (Q,4) = unique floor(c/2) sorted by key, its ConvMap fine -> coarse)."""
     keys = pack(parent(coords), radix)
     coarse_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-    rows = torch.arange(coords.shape[0], device=coords.device)
-    in_rows, out_rows, counts = _group_by_offset(parity2(coords), rows, inverse, 8)
-    return unpack(coarse_keys, radix), KernelMap(in_rows, out_rows, counts, int(coarse_keys.numel()))
+    q = int(coarse_keys.numel())
+    cell, children = _cells(inverse, coords, q)
+    return unpack(coarse_keys, radix), ConvMap(Gather(children), Pick(cell), coords.shape[0], q, 8)
 
 
-def upsample_map(coarse: SiteIndex, target: torch.Tensor, radix: int) -> KernelMap:
+def upsample_map(coarse: SiteIndex, target: torch.Tensor, radix: int) -> ConvMap:
     """Transposed 2^3 map onto `target` (N,4): target row p reads the coarse row of floor(p/2) (none: zero)."""
-    rows = coarse.rows(pack(parent(target), radix))
-    found = rows >= 0
-    out_rows = torch.arange(target.shape[0], device=target.device)[found]
-    in_rows, out_rows, counts = _group_by_offset(parity2(target)[found], rows[found], out_rows, 8)
-    return KernelMap(in_rows, out_rows, counts, int(target.shape[0]))
+    q = coarse.sorted_keys.numel()
+    cell, children = _cells(coarse.rows(pack(parent(target), radix)), target, q)
+    return ConvMap(Pick(cell), Gather(children), q, target.shape[0], 8)
+
+
+def transposed(down: ConvMap) -> ConvMap:
+    """The up map onto the fine set of a down map, from the coarse set it produced (same pairs)."""
+    return ConvMap(down.backward, down.forward, down.n_out, down.n_in, down.kernel)

@@ -1,32 +1,91 @@
-"""Pure-PyTorch sparse convolutions (CPU and CUDA): gather -> matmul -> index_add per kernel offset.
+"""Pure-PyTorch sparse convolutions (CPU and CUDA): gathered rows times the whole kernel in one GEMM.
 
-Each convolution is one autograd Function with an explicit backward (gradients of features and
-weight), driven by a `KernelMap` that is built once per coordinate set and cached in the tensor's
-context (a `MapCache`), keyed by (stride, kind). On CPU the results and gradients are bit-identical
-from run to run (index_add_ accumulates in a fixed order); on CUDA index_add_ uses atomics.
+Each convolution is one autograd Function driven by a `ConvMap` (kernel_map.py), built once per
+coordinate set and cached in the tensor's context (a `MapCache`), keyed by (stride, kind):
+  * Gather route: rows of the (zero-padded) input are gathered into an (n, K·Cin) block, one row per
+    output site with all K neighbours side by side, and multiplied by W viewed as (K·Cin, Cout);
+  * Pick route: one GEMM src (n, Cin) × W viewed as (Cin, K·Cout), then each output row picks its
+    (site, offset) row of that product.
+The input gradient takes the other route of the same map, and the weight gradient is one GEMM over the
+gathered block, so nothing is scattered: no index_add, no atomics, the same summation order on every
+run, on CPU and CUDA. Gathers are done in row chunks (`chunk_rows`, `CHUNK_BYTES`), so the gathered
+block's memory stays bounded whatever the number of sites (it would be n·27·Cin at once).
 """
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from .kernel_map import KernelMap, MapCache, SiteIndex, downsample_map, make_cache, submanifold_map, upsample_map
+from .kernel_map import ConvMap, Gather, MapCache, SiteIndex, downsample_map, make_cache, submanifold_map, \
+    transposed, upsample_map
 from .tensor import SparseTensor
 
 NAME = "torch"
+# Gathered block per chunk. CPU: 32 MiB (a few chunks per layer; measured against 1-4 MiB blocks that fit
+# L2, which lose on a shared machine, where every small parallel region waits for a busy core). CUDA: a bound
+# on the extra memory of a layer, few launches.
+CHUNK_BYTES = {"cpu": 32 << 20, "cuda": 256 << 20}
 
 
-def _apply_offsets(rows_feats: torch.Tensor, weight: torch.Tensor, counts: list[int], transpose: bool) -> torch.Tensor:
-    """Row block k of `rows_feats` (P, C) times W[k] (or W[k]^T) -> (P, C')."""
-    c_out = weight.shape[1] if transpose else weight.shape[2]
-    out = rows_feats.new_empty(rows_feats.shape[0], c_out)
-    start = 0
-    for k, n in enumerate(counts):
-        if n:
-            w = weight[k].t() if transpose else weight[k]
-            torch.mm(rows_feats[start:start + n], w, out=out[start:start + n])
-            start += n
+def chunk_rows(width: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Rows of an (n, width) gathered block that fit the device's chunk budget (at least 64)."""
+    budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"])
+    return max(64, budget // (width * torch.empty((), dtype=dtype).element_size()))
+
+
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    """(n, C) -> (n + 1, C) with a zero last row, the target of every "no input" index."""
+    return torch.cat([x, x.new_zeros(1, x.shape[1])])
+
+
+def gather_mm(src: torch.Tensor, table: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """out[i] = src_pad[table[i]].flatten() @ weight: src (n_src, C), table (n, K) (n_src = zero row),
+    weight (K·C, C') -> (n, C'), in row chunks of one reused gather buffer."""
+    n, k = table.shape
+    src = _padded(src)
+    out = src.new_empty(n, weight.shape[1])
+    rows = max(1, min(n, chunk_rows(k * src.shape[1], src.dtype, src.device)))
+    buf = src.new_empty(rows * k, src.shape[1])
+    flat = table.view(-1)
+    for a in range(0, n, rows):
+        b = min(a + rows, n)
+        block = torch.index_select(src, 0, flat[a * k:b * k], out=buf[:(b - a) * k])
+        torch.mm(block.view(b - a, -1), weight, out=out[a:b])
     return out
+
+
+def gather_tmm(src: torch.Tensor, table: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Σ_i src_pad[table[i]].flatten()ᵀ other[i]: src (n_src, C), table (n, K), other (n, C') -> (K·C, C'),
+    accumulated chunk after chunk in a fixed order."""
+    n, k = table.shape
+    src = _padded(src)
+    out = src.new_zeros(k * src.shape[1], other.shape[1])
+    rows = max(1, min(n, chunk_rows(k * src.shape[1], src.dtype, src.device)))
+    buf = src.new_empty(rows * k, src.shape[1])
+    flat = table.view(-1)
+    for a in range(0, n, rows):
+        b = min(a + rows, n)
+        block = torch.index_select(src, 0, flat[a * k:b * k], out=buf[:(b - a) * k])
+        out.addmm_(block.view(b - a, -1).t(), other[a:b])
+    return out
+
+
+def pick_mm(src: torch.Tensor, cell: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """out[i] = src[cell[i] // K] @ weight[cell[i] % K]: src (n_src, C), weight [K, C, C'],
+    cell (n,) in [0, n_src·K] (n_src·K: zero row) -> (n, C'). One GEMM, then one row gather."""
+    k, c, c_out = weight.shape
+    n_src = src.shape[0]
+    products = src.new_empty(n_src * k + 1, c_out)
+    torch.mm(src, weight.permute(1, 0, 2).reshape(c, k * c_out), out=products[:-1].view(n_src, k * c_out))
+    products[-1].zero_()
+    return products.index_select(0, cell)
+
+
+def route_mm(route, src: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Apply one route of a ConvMap: src (n_src, C), weight [K, C, C'] -> (n_out, C')."""
+    if isinstance(route, Gather):
+        return gather_mm(src, route.table, weight.reshape(-1, weight.shape[2]))
+    return pick_mm(src, route.cell, weight)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -36,56 +95,45 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 class SparseConvFunction(torch.autograd.Function):
-    """out[o] = Σ_k Σ_{(i,o) in map_k} feats[i] @ W[k]; feats (M, Cin), weight (K, Cin, Cout) -> (n_out, Cout).
+    """out = conv(feats, weight) along cmap: feats (n_in, Cin), weight [K, Cin, Cout] -> (n_out, Cout).
 
-    Under autocast the matmuls run in the autocast dtype and are summed in feats' dtype; the
-    gradients come back in the dtypes of feats and weight.
+    Under autocast the GEMMs run in the autocast dtype; the result and the gradients come back in
+    the dtypes of feats and weight.
     """
 
     @staticmethod
-    def forward(ctx, feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    def forward(ctx, feats: torch.Tensor, weight: torch.Tensor, cmap: ConvMap) -> torch.Tensor:
         dtype = _compute_dtype(feats)
-        f, w = feats.to(dtype), weight.to(dtype)
-        if kmap.identity >= 0:
-            out = (f @ w[kmap.identity]).to(feats.dtype)
-        else:
-            out = feats.new_zeros(kmap.n_out, weight.shape[2])
-        if kmap.in_rows.numel():
-            products = _apply_offsets(f.index_select(0, kmap.in_rows), w, kmap.counts, transpose=False)
-            out.index_add_(0, kmap.out_rows, products.to(feats.dtype))
+        with torch.autocast(feats.device.type, enabled=False):   # the GEMMs write into buffers (out=)
+            out = route_mm(cmap.forward, feats.to(dtype), weight.to(dtype))
         ctx.save_for_backward(feats, weight)
-        ctx.kmap, ctx.dtype = kmap, dtype
-        return out
+        ctx.cmap, ctx.dtype = cmap, dtype
+        return out.to(feats.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         feats, weight = ctx.saved_tensors
-        kmap: KernelMap = ctx.kmap
+        cmap: ConvMap = ctx.cmap
         f, w, g = feats.to(ctx.dtype), weight.to(ctx.dtype), grad_out.to(ctx.dtype).contiguous()
-        has_pairs = kmap.in_rows.numel() > 0
-        grad_rows = g.index_select(0, kmap.out_rows) if has_pairs else None
+        grad_feats = grad_weight = None
+        with torch.autocast(feats.device.type, enabled=False):
+            return SparseConvFunction._grads(ctx, feats, weight, f, w, g)
+
+    @staticmethod
+    def _grads(ctx, feats, weight, f, w, g):
+        cmap: ConvMap = ctx.cmap
         grad_feats = grad_weight = None
         if ctx.needs_input_grad[0]:
-            if kmap.identity >= 0:
-                grad_feats = (g @ w[kmap.identity].t()).to(feats.dtype)
-            else:
-                grad_feats = torch.zeros_like(feats)
-            if has_pairs:
-                products = _apply_offsets(grad_rows, w, kmap.counts, transpose=True)
-                grad_feats.index_add_(0, kmap.in_rows, products.to(feats.dtype))
+            wt = w.transpose(1, 2)                       # [K, Cout, Cin]
+            grad_feats = route_mm(cmap.backward, g, wt.flip(0) if cmap.mirrored else wt).to(feats.dtype)
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.zeros_like(w)
-            if kmap.identity >= 0:
-                torch.mm(f.t(), g, out=grad_weight[kmap.identity])
-            if has_pairs:
-                rows = f.index_select(0, kmap.in_rows)
-                start = 0
-                for k, n in enumerate(kmap.counts):
-                    if n:
-                        torch.mm(rows[start:start + n].t(), grad_rows[start:start + n], out=grad_weight[k])
-                        start += n
-            grad_weight = grad_weight.to(weight.dtype)
+            k, c_in, c_out = w.shape
+            if isinstance(cmap.forward, Gather):
+                grad_weight = gather_tmm(f, cmap.forward.table, g).view(k, c_in, c_out)
+            else:                                        # Pick forward: its backward is a Gather over g
+                grad_weight = gather_tmm(g, cmap.backward.table, f).view(k, c_out, c_in).transpose(1, 2)
+            grad_weight = grad_weight.to(weight.dtype).contiguous()
         return grad_feats, grad_weight, None
 
 
@@ -114,16 +162,16 @@ def make_input(coords: torch.Tensor, feats: torch.Tensor) -> SparseTensor:
 def submanifold_conv3(x: SparseTensor, weight: torch.Tensor) -> SparseTensor:
     """3^3 submanifold conv: out[p] = Σ_k in[p + off_k] @ W[k]; weight [27, Cin, Cout]; same coords/order as x."""
     cache = _check(x, weight, 27, "submanifold_conv3")
-    index = _site_index(cache, x)
-    kmap = cache.get((x.stride, "subm3"), (x.coords,), lambda: submanifold_map(index, x.coords, cache.radix))
-    return x.with_feats(SparseConvFunction.apply(x.feats, weight, kmap))
+    cmap = cache.get((x.stride, "subm3"), (x.coords,),
+                     lambda: submanifold_map(_site_index(cache, x), x.coords, cache.radix))
+    return x.with_feats(SparseConvFunction.apply(x.feats, weight, cmap))
 
 
 def downsample_conv2(x: SparseTensor, weight: torch.Tensor) -> SparseTensor:
     """2^3 stride-2 conv: out[q] = Σ_d in[2q + d] @ W[d] on q = unique floor(c/2) (sorted by b, x, y, z)."""
     cache = _check(x, weight, 8, "downsample_conv2")
-    coarse, kmap = cache.get((x.stride, "down2"), (x.coords,), lambda: downsample_map(x.coords, cache.radix))
-    return SparseTensor(coarse, SparseConvFunction.apply(x.feats, weight, kmap), x.stride * 2, cache)
+    coarse, cmap = cache.get((x.stride, "down2"), (x.coords,), lambda: downsample_map(x.coords, cache.radix))
+    return SparseTensor(coarse, SparseConvFunction.apply(x.feats, weight, cmap), x.stride * 2, cache)
 
 
 def upsample_conv2(x: SparseTensor, weight: torch.Tensor, target: SparseTensor) -> SparseTensor:
@@ -133,7 +181,12 @@ def upsample_conv2(x: SparseTensor, weight: torch.Tensor, target: SparseTensor) 
     cache = _check(x, weight, 8, "upsample_conv2")
     if target.stride * 2 != x.stride:
         raise ValueError(f"upsample_conv2: target stride {target.stride} is not half of input stride {x.stride}")
-    index = _site_index(cache, x)
-    kmap = cache.get((target.stride, "up2"), (x.coords, target.coords),
-                     lambda: upsample_map(index, target.coords, cache.radix))
-    return SparseTensor(target.coords, SparseConvFunction.apply(x.feats, weight, kmap), target.stride, cache)
+
+    def build() -> ConvMap:
+        down = cache.lookup((target.stride, "down2"), (target.coords,))
+        if down is not None and down[0] is x.coords:   # x sits on the sites this target was pooled to
+            return transposed(down[1])
+        return upsample_map(_site_index(cache, x), target.coords, cache.radix)
+
+    cmap = cache.get((target.stride, "up2"), (x.coords, target.coords), build)
+    return SparseTensor(target.coords, SparseConvFunction.apply(x.feats, weight, cmap), target.stride, cache)

@@ -1,0 +1,107 @@
+"""Released weights: a finished training run turned into weights/<name>/ (SPEC §4 thresholds included).
+
+    python -m spice.release --run build/reference-cpu --out weights/reference-cpu
+
+writes, each under a temporary name first:
+- checkpoint.pt: weights only (model state, model_args, iteration, stage, config), loads with
+  spice.train.load_model; at most 15 MiB;
+- thresholds.json: (s0, p0) per class tuned on `--val-events` generated validation events (spice.tune,
+  mean SBD; classes absent from them get the paper's Table II values), loads with load_thresholds;
+- config.yaml and losses.csv of the run; learning_curve.csv (spice.learning_curve, on the first
+  `--curve-events` validation events) when the run kept snapshots;
+- provenance.json: git state, machine, library versions, training wall time, validation events.
+The validation events are spice.data.synthetic.generate(n, size, seed) with the demo's validation
+seed, disjoint from any training stream and from the demo's test events.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from spice.provenance import provenance, write_json
+from spice.train import CHECKPOINT, atomic_write_bytes, finished, read_checkpoint
+
+MAX_BYTES = 15 * 2 ** 20
+
+
+def export_weights(checkpoint, out) -> Path:
+    """Write the weights-only form of a training checkpoint to `out` (atomically)."""
+    state = read_checkpoint(checkpoint, keys=("model", "model_args", "iteration", "stage", "config"))
+    slim = {k: state[k] for k in ("model", "model_args", "iteration", "stage", "config")}
+    buffer = io.BytesIO()
+    torch.save(slim, buffer)
+    if buffer.tell() > MAX_BYTES:
+        raise ValueError(f"{checkpoint}: weights take {buffer.tell() / 2**20:.1f} MiB, over the 15 MiB release limit")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, buffer.getvalue())
+    return out
+
+
+def release(run: Path, out: Path, val_events: int = 100, val_seed: int = 1000, curve_events: int = 40,
+            device: str = "cpu") -> Path:
+    """Export, tune, score the snapshots and record provenance for the finished run in `run`."""
+    from spice import tables
+    from spice.data.synthetic import generate
+    from spice.evaluate import save_thresholds
+    from spice.learning_curve import learning_curve, snapshots
+    from spice.train import load_model
+    from spice.tune import grid_search
+
+    run, out = Path(run), Path(out)
+    ckpt = run / CHECKPOINT
+    if not ckpt.exists():
+        raise FileNotFoundError(f"{ckpt}: no training checkpoint (run `spice train` first)")
+    if not finished(ckpt):
+        raise ValueError(f"{ckpt}: training has not finished; resume it before releasing")
+    out.mkdir(parents=True, exist_ok=True)
+    weights = export_weights(ckpt, out / "checkpoint.pt")
+    model = load_model(weights, device)
+    size = model.spatial_size
+    val = generate(val_events, spatial_size=size, seed=val_seed)
+    _, tuned = grid_search(model, val, objective="sbd", device=device, progress=True)
+    thresholds, untuned = tables.complete_thresholds(tuned, val[0].labels)
+    save_thresholds(thresholds, out / "thresholds.json", objective="sbd", n_events=len(val), untuned=untuned,
+                    events=f"spice.data.synthetic.generate({val_events}, {size}, seed={val_seed})")
+    for name in ("config.yaml", "losses.csv"):
+        tmp = out / f"{name}.tmp"
+        shutil.copyfile(run / name, tmp)
+        tmp.replace(out / name)
+    losses = pd.read_csv(run / "losses.csv")
+    shots = snapshots(run)
+    if shots:
+        curve = learning_curve(shots, val[:curve_events], losses, device=device, progress=True)
+        tmp = out / "learning_curve.csv.tmp"
+        curve.to_csv(tmp, index=False)
+        tmp.replace(out / "learning_curve.csv")
+    state = read_checkpoint(weights, keys=("iteration", "config"))
+    prov = provenance(notebook="spice.release", data={
+        "validation": {"generator": "spice.data.synthetic.generate", "n_events": val_events, "seed": val_seed,
+                       "spatial_size": size}})
+    prov["training"] = {"run": str(run), "iterations": int(state["iteration"]),
+                        "wall_time_s": float(losses["seconds"].sum()), "threads": torch.get_num_threads(),
+                        "config": state["config"]}
+    write_json(out / "provenance.json", prov)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m spice.release", description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, type=Path, help="training out_dir (with checkpoint.pt, losses.csv)")
+    ap.add_argument("--out", required=True, type=Path, help="release folder, e.g. weights/reference-cpu")
+    ap.add_argument("--val-events", type=int, default=100)
+    ap.add_argument("--val-seed", type=int, default=1000)
+    ap.add_argument("--curve-events", type=int, default=40)
+    ap.add_argument("--device", default="cpu")
+    ns = ap.parse_args(argv)
+    print(release(ns.run, ns.out, ns.val_events, ns.val_seed, ns.curve_events, ns.device))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
