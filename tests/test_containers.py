@@ -57,7 +57,8 @@ def pins(requirements) -> dict[str, Requirement]:
         line = line.strip()
         if line and not line.startswith(("-", "#")):
             req = Requirement(line)
-            out[canonicalize_name(req.name)] = req
+            if canonicalize_name(req.name) != "spice-lartpc":  # an extra naming another extra of the project
+                out[canonicalize_name(req.name)] = req
     return out
 
 
