@@ -38,35 +38,34 @@ def _padded(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(1, x.shape[1])])
 
 
-def gather_mm(src: torch.Tensor, table: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """out[i] = src_pad[table[i]].flatten() @ weight: src (n_src, C), table (n, K) (n_src = zero row),
-    weight (K·C, C') -> (n, C'), in row chunks of one reused gather buffer."""
+def _gathered_blocks(src: torch.Tensor, table: torch.Tensor):
+    """Yield (a, b, block): block = src_pad[table[a:b]] viewed as (b - a, K·C), chunk after chunk of rows,
+    in one reused buffer (each block is valid until the next is made)."""
     n, k = table.shape
     src = _padded(src)
-    out = src.new_empty(n, weight.shape[1])
     rows = max(1, min(n, chunk_rows(k * src.shape[1], src.dtype, src.device)))
     buf = src.new_empty(rows * k, src.shape[1])
     flat = table.view(-1)
     for a in range(0, n, rows):
         b = min(a + rows, n)
-        block = torch.index_select(src, 0, flat[a * k:b * k], out=buf[:(b - a) * k])
-        torch.mm(block.view(b - a, -1), weight, out=out[a:b])
+        yield a, b, torch.index_select(src, 0, flat[a * k:b * k], out=buf[:(b - a) * k]).view(b - a, -1)
+
+
+def gather_mm(src: torch.Tensor, table: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """out[i] = src_pad[table[i]].flatten() @ weight: src (n_src, C), table (n, K) (n_src = zero row),
+    weight (K·C, C') -> (n, C'), in row chunks of one reused gather buffer."""
+    out = src.new_empty(table.shape[0], weight.shape[1])
+    for a, b, block in _gathered_blocks(src, table):
+        torch.mm(block, weight, out=out[a:b])
     return out
 
 
 def gather_tmm(src: torch.Tensor, table: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """Σ_i src_pad[table[i]].flatten()ᵀ other[i]: src (n_src, C), table (n, K), other (n, C') -> (K·C, C'),
     accumulated chunk after chunk in a fixed order."""
-    n, k = table.shape
-    src = _padded(src)
-    out = src.new_zeros(k * src.shape[1], other.shape[1])
-    rows = max(1, min(n, chunk_rows(k * src.shape[1], src.dtype, src.device)))
-    buf = src.new_empty(rows * k, src.shape[1])
-    flat = table.view(-1)
-    for a in range(0, n, rows):
-        b = min(a + rows, n)
-        block = torch.index_select(src, 0, flat[a * k:b * k], out=buf[:(b - a) * k])
-        out.addmm_(block.view(b - a, -1).t(), other[a:b])
+    out = src.new_zeros(table.shape[1] * src.shape[1], other.shape[1])
+    for a, b, block in _gathered_blocks(src, table):
+        out.addmm_(block.t(), other[a:b])
     return out
 
 
