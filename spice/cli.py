@@ -17,9 +17,9 @@ COMMANDS = {
 }
 BAD_INPUT = 2  # exit status for bad input, as argparse uses for bad arguments
 
-# Readers whose errors do not name the file they read, and the options that name it.
-_UNNAMED = (("torch.serialization", ("--checkpoint",)), ("json", ("--thresholds", "--dataset")),
-            ("yaml", ("--config",)))
+# Readers whose errors do not name the file they read, and the options that name it (checkpoints
+# name themselves: spice.train.read_checkpoint wraps torch.load).
+_UNNAMED = (("json", ("--thresholds", "--dataset")), ("yaml", ("--config",)))
 
 
 def _raised_in(exc: BaseException) -> set[str]:
@@ -33,15 +33,13 @@ def _raised_in(exc: BaseException) -> set[str]:
 
 def _is_bad_input(exc: BaseException) -> bool:
     """DataError and the other ValueErrors (bad config, thresholds, JSON), missing/unreadable files
-    (OSError), download failures, YAML syntax, and anything torch.load raises on a damaged checkpoint."""
+    (OSError), download failures and YAML syntax."""
     if isinstance(exc, (ValueError, OSError, EOFError)):
         return True
     import yaml
 
     from spice.data.download import DownloadError
-    if isinstance(exc, (yaml.YAMLError, DownloadError)):
-        return True
-    return "torch.serialization" in _raised_in(exc)
+    return isinstance(exc, (yaml.YAMLError, DownloadError))
 
 
 def _option(argv: list[str], names) -> str | None:
@@ -66,9 +64,6 @@ def error_line(command: str, exc: BaseException, argv: list[str]) -> str:
         for module, options in _UNNAMED:
             path = _option(argv, options)
             if path and path not in message and any(m == module or m.startswith(module + ".") for m in modules):
-                if module == "torch.serialization":  # torch's messages run to paragraphs: keep the first line
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
-                    message = f"not a readable checkpoint ({type(exc).__name__}: {first})"
                 message = f"{path}: {message}"
                 break
     return f"spice {command}: error: {message}"
