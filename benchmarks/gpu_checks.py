@@ -329,6 +329,13 @@ def main(argv=None) -> int:
             report["bench_sparse"] = json.loads(stem.with_suffix(".json").read_text())
         except Exception as err:  # report, do not hide the other numbers
             report["bench_sparse"] = {"error": f"{type(err).__name__}: {err}"}
+        import bench_routes  # table or per-offset pairs per layer: the measurement PAIRS_FILL["cuda"] waits for
+        try:
+            stem = bench_routes.main(["--device", args.device, "--out", str(args.out)]
+                                     + (["--quick"] if args.quick else ["--repeats", "5"]))
+            report["bench_routes"] = json.loads(stem.with_suffix(".json").read_text())
+        except Exception as err:
+            report["bench_routes"] = {"error": f"{type(err).__name__}: {err}"}
     report["clustering"] = check_clustering(outputs, infer_events, device)
     print("clustering:", report["clustering"], flush=True)
 

@@ -33,6 +33,7 @@ esac
 demo_rc=$?
 if [ -n "${OUT:-}" ]; then
     cp benchmarks/results/gpu_* "$OUT"/ 2>/dev/null || true
+    cp benchmarks/results/bench_*_cuda.* "$OUT"/ 2>/dev/null || true
     cp build/gpu_demo/plan.json build/gpu_demo/train/losses.csv "$OUT"/ 2>/dev/null || true
 fi
 echo "gpu_session: gpu_checks exit $rc, gpu_demo exit $demo_rc (3: training continues on the next call)"

@@ -10,6 +10,9 @@ writes, each under a temporary name first:
 - config.yaml and losses.csv of the run; learning_curve.csv (spice.learning_curve, on the first
   `--curve-events` validation events) when the run kept snapshots;
 - provenance.json: git state, machine, library versions, training wall time, validation events.
+A run that started from released weights (`init_weights: weights/<name>/part-a/checkpoint.pt`) continues
+their history: when the folder of `init_weights` holds losses.csv (and learning_curve.csv), the release's
+files put those rows first and count this run's iterations and seconds on from them.
 The validation events are spice.data.synthetic.generate(n, size, seed) with the demo's validation
 seed, disjoint from any training stream and from the demo's test events.
 """
@@ -43,6 +46,35 @@ def export_weights(checkpoint, out) -> Path:
     return out
 
 
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def earlier_history(init_weights: str) -> dict | None:
+    """losses (and learning curve, or None) of the release that `init_weights` lies in; None when the
+    run did not start from weights, or they carry no history."""
+    if not init_weights or not (Path(init_weights).parent / "losses.csv").exists():
+        return None
+    folder = Path(init_weights).parent
+    curve = folder / "learning_curve.csv"
+    return {"losses": pd.read_csv(folder / "losses.csv"),
+            "curve": pd.read_csv(curve) if curve.exists() else None}
+
+
+def continue_history(history: dict, losses: pd.DataFrame, curve: pd.DataFrame | None):
+    """(losses, curve) of this run appended to the earlier ones, iterations and seconds counted on."""
+    before = history["losses"]
+    n_before, s_before = int(before["iteration"].max()), float(before["seconds"].sum())
+    losses = pd.concat([before, losses.assign(iteration=losses["iteration"] + n_before)], ignore_index=True)
+    if curve is not None:
+        curve = curve.assign(iteration=curve["iteration"] + n_before, seconds=curve["seconds"] + s_before)
+    if history["curve"] is not None:
+        curve = pd.concat([history["curve"], curve], ignore_index=True) if curve is not None else history["curve"]
+    return losses, curve
+
+
 def release(run: Path, out: Path, val_events: int = 100, val_seed: int = 1000, curve_events: int = 40,
             device: str = "cpu") -> Path:
     """Export, tune, score the snapshots and record provenance for the finished run in `run`."""
@@ -68,24 +100,26 @@ def release(run: Path, out: Path, val_events: int = 100, val_seed: int = 1000, c
     thresholds, untuned = tables.complete_thresholds(tuned, val[0].labels)
     save_thresholds(thresholds, out / "thresholds.json", objective="sbd", n_events=len(val), untuned=untuned,
                     events=f"spice.data.synthetic.generate({val_events}, {size}, seed={val_seed})")
-    for name in ("config.yaml", "losses.csv"):
-        tmp = out / f"{name}.tmp"
-        shutil.copyfile(run / name, tmp)
-        tmp.replace(out / name)
+    tmp = out / "config.yaml.tmp"
+    shutil.copyfile(run / "config.yaml", tmp)
+    tmp.replace(out / "config.yaml")
+    state = read_checkpoint(weights, keys=("iteration", "config"))
+    history = earlier_history(state["config"].get("init_weights", ""))
     losses = pd.read_csv(run / "losses.csv")
     shots = snapshots(run)
-    if shots:
-        curve = learning_curve(shots, val[:curve_events], losses, device=device, progress=True)
-        tmp = out / "learning_curve.csv.tmp"
-        curve.to_csv(tmp, index=False)
-        tmp.replace(out / "learning_curve.csv")
-    state = read_checkpoint(weights, keys=("iteration", "config"))
+    curve = learning_curve(shots, val[:curve_events], losses, device=device, progress=True) if shots else None
+    if history is not None:
+        losses, curve = continue_history(history, losses, curve)
+    write_csv(losses, out / "losses.csv")
+    if curve is not None:
+        write_csv(curve, out / "learning_curve.csv")
     prov = provenance(notebook="spice.release", data={
         "validation": {"generator": "spice.data.synthetic.generate", "n_events": val_events, "seed": val_seed,
                        "spatial_size": size}})
     prov["training"] = {"run": str(run), "iterations": int(state["iteration"]),
-                        "wall_time_s": float(losses["seconds"].sum()), "threads": torch.get_num_threads(),
-                        "config": state["config"]}
+                        "iterations_with_history": int(len(losses)), "wall_time_s": float(losses["seconds"].sum()),
+                        "threads": torch.get_num_threads(), "config": state["config"],
+                        "init_weights": state["config"].get("init_weights", "")}
     write_json(out / "provenance.json", prov)
     return out
 

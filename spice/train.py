@@ -96,6 +96,8 @@ class TrainConfig:
     stage1_iterations: int = 50_000
     stage2_iterations: int = 100_000
     stage2_optimizer: str = "continue"   # or "fresh"
+    init_weights: str = ""               # weights file (spice.release / snapshot) to start from instead of
+                                         # the seeded initialisation: fine-tuning; its model_args must match
     batch_size: int = 32
     lr: float = 0.005
     lr_schedule: str = "constant"        # or "cosine": decay to lr·min_lr_fraction at the last iteration
@@ -446,6 +448,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         start, stage = int(checkpoint["iteration"]), int(checkpoint["stage"])
+    elif config.init_weights:
+        init = read_checkpoint(config.init_weights)
+        if init["model_args"] != args:
+            raise ValueError(f"{config.init_weights}: model {init['model_args']} differs from the config's {args}")
+        model.load_state_dict(init["model"])
     optimizer = make_optimizer(model, config, stage)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])

@@ -52,6 +52,36 @@ def test_release_writes_loadable_weights_thresholds_and_curve(tiny_run, tmp_path
     assert not list(out.glob("*.tmp"))
 
 
+def test_fine_tuning_starts_from_a_release_and_continues_its_history(tiny_run, tmp_path):
+    first = release(tiny_run, tmp_path / "rel" / "part-a", val_events=3, val_seed=1000, curve_events=2)
+    before = load_model(first / "checkpoint.pt").state_dict()
+    common = {"data": {"synthetic": {"n_events": 6, "spatial_size": 64, "seed": 5}, "augment": True},
+              "model": {"filters": 4, "depth": 2, "reps": 1}, "stage1_iterations": 0, "batch_size": 2,
+              "init_weights": str(first / "checkpoint.pt"), "snapshot_every": 2, "checkpoint_every": 2,
+              "device": "cpu", "progress": False}
+    # no iterations at all: the checkpoint holds exactly the released weights (the seeded init is replaced)
+    train(TrainConfig.from_dict(common | {"stage2_iterations": 0, "out_dir": str(tmp_path / "zero")}))
+    for key, value in load_model(tmp_path / "zero" / "checkpoint.pt").state_dict().items():
+        assert torch.equal(value, before[key]), key
+    run = tmp_path / "part-b"
+    train(TrainConfig.from_dict(common | {"stage2_iterations": 2, "out_dir": str(run)}))
+    out = release(run, tmp_path / "rel", val_events=3, val_seed=1000, curve_events=2)
+    losses = pd.read_csv(out / "losses.csv")
+    a, b = pd.read_csv(first / "losses.csv"), pd.read_csv(run / "losses.csv")
+    assert losses["iteration"].tolist() == [1, 2, 3, 4, 5, 6]          # part A's 4, then part B's 2 counted on
+    assert losses["total"].tolist() == a["total"].tolist() + b["total"].tolist()
+    curve = pd.read_csv(out / "learning_curve.csv")
+    assert sorted(curve["iteration"].unique()) == [2, 4, 6]            # part A's snapshots, then part B's at 4 + 2
+    assert curve.loc[curve.iteration == 6, "seconds"].iloc[0] == pytest.approx(losses["seconds"].sum())
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["training"]["iterations_with_history"] == 6
+    assert prov["training"]["init_weights"] == str(first / "checkpoint.pt")
+    wrong = common | {"model": {"filters": 8, "depth": 2, "reps": 1}, "stage2_iterations": 1,
+                      "out_dir": str(tmp_path / "wrong")}
+    with pytest.raises(ValueError, match="differs from the config"):
+        train(TrainConfig.from_dict(wrong))
+
+
 def test_release_refuses_unfinished_or_missing_runs(tiny_run, tmp_path):
     state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
     state["iteration"] = 3

@@ -111,12 +111,20 @@ def test_gradcheck(op, gen):
     assert torch.autograd.gradcheck(fn, (feats, w), eps=1e-6, atol=1e-8)
 
 
+def force_route(monkeypatch, route: str, device: str = "cpu") -> None:
+    """Make every Gather run as its table ("table") or as per-offset pairs ("pairs")."""
+    monkeypatch.setitem(tb.PAIRS_MIN_WORK, device, (0, 0))
+    monkeypatch.setitem(tb.PAIRS_FILL, device, 1.01 if route == "pairs" else -1.0)
+
+
 @pytest.mark.parametrize("op", ["subm", "down", "up"])
-@pytest.mark.parametrize("chunk_bytes", [1, None])  # 1: 64-row chunks (many chunk boundaries); None: default
-def test_gradients_equal_dense_autograd(op, chunk_bytes, gen, monkeypatch):
-    """Outputs and both gradients (features, weight) against autograd through dense conv3d (float64)."""
+@pytest.mark.parametrize("chunk_bytes,route", [(1, "table"), (None, "table"), (None, "pairs")])
+def test_gradients_equal_dense_autograd(op, chunk_bytes, route, gen, monkeypatch):
+    """Outputs and both gradients (features, weight) against autograd through dense conv3d (float64),
+    with the gather table (in 64-row chunks: many chunk boundaries; and default chunks) and as pairs."""
     if chunk_bytes is not None:
         monkeypatch.setitem(tb.CHUNK_BYTES, "cpu", chunk_bytes)
+    force_route(monkeypatch, route)
     fine = random_sites(gen, batch=2, side=D, density=0.5)
     x0 = tb.make_input(fine, torch.zeros(fine.shape[0], 1, dtype=torch.float64))
     coarse = tb.downsample_conv2(x0, torch.zeros(8, 1, 1, dtype=torch.float64))
@@ -237,8 +245,11 @@ def test_cuda_matches_cpu(gen):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_reruns_are_bit_identical():
-    """No scatter and no atomics: outputs and gradients repeat exactly on CUDA too (float32)."""
+@pytest.mark.parametrize("route", ["table", "pairs"])
+def test_cuda_reruns_are_bit_identical(route, monkeypatch):
+    """Fixed summation order (pairs add each offset once per output row): outputs and gradients repeat
+    exactly on CUDA too (float32)."""
+    force_route(monkeypatch, route, "cuda")
     def run():
         g = torch.Generator().manual_seed(3)
         coords = random_sites(g, batch=2, side=12, density=0.4).cuda()
@@ -268,3 +279,26 @@ def test_autocast_bf16_close_to_float32(gen):
     assert not torch.equal(y32, y16)  # the matmuls did run in bf16
     for a, b in ((y32, y16), *zip(g32, g16)):
         assert (a - b).norm() / a.norm() < 2e-2
+
+
+def test_route_choice_follows_fill_and_work():
+    """use_pairs: the table for small or dense maps and for CUDA (not yet measured there), pairs for
+    large sparse CPU layers; the pairs list the table's entries exactly."""
+    from spice.sparse.kernel_map import Gather
+    n = 1000
+    table = torch.full((n, 27), n, dtype=torch.int64)
+    table[:, 13] = torch.arange(n)                        # centre: every row reads itself
+    table[::2, 0] = torch.arange(1, n, 2)                 # half the rows have one more neighbour
+    sparse_map = Gather(table)
+    fill = sparse_map.fill(n)
+    assert fill == pytest.approx((n + n // 2) / (27 * n))
+    entries = sorted((int(r), k, int(i)) for k, rows, inputs in sparse_map.by_offset(n)
+                     for r, i in zip(torch.arange(n) if rows is None else rows,
+                                     torch.arange(n) if inputs is None else inputs))
+    assert entries == sorted((r, k, int(table[r, k])) for r in range(n) for k in range(27) if table[r, k] < n)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert tb.use_pairs(sparse_map, n, 64, 64, cpu)       # 1500 pairs x 4096: a wide layer with work enough
+    assert not tb.use_pairs(sparse_map, n, 32, 32, cpu)   # 1500 x 1024: narrow, too little work: one GEMM wins
+    assert not tb.use_pairs(sparse_map, n, 64, 64, cuda)
+    dense = Gather(torch.arange(n).repeat(27, 1).t().contiguous())
+    assert dense.fill(n) == 1.0 and not tb.use_pairs(dense, n, 64, 64, cpu)

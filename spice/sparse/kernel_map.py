@@ -26,9 +26,35 @@ IDENTITY3 = 13  # the centre offset (0, 0, 0) of the 3^3 kernel
 
 @dataclass
 class Gather:
-    """out[i] = Σ_k src[table[i, k]] @ W[k]; table (n_out, K) int64, the value n_src meaning "no input"."""
+    """out[i] = Σ_k src[table[i, k]] @ W[k]; table (n_out, K) int64, the value n_src meaning "no input".
+
+    `by_offset(n_src)` gives the same map as per-offset pairs (built once): for each offset k that has
+    any input, (k, output rows (n_k,), input rows (n_k,)), either of them None where it is every row in
+    order (the centre of a submanifold map, a complete column). `fill(n_src)`: pairs / table entries."""
 
     table: torch.Tensor
+    _by_offset: list | None = field(default=None, repr=False, compare=False)
+
+    def by_offset(self, n_src: int) -> list:
+        if self._by_offset is None:
+            n, out = self.table.shape[0], []
+            every = torch.arange(n, device=self.table.device)
+            for k in range(self.table.shape[1]):
+                column = self.table[:, k]
+                rows = torch.nonzero(column < n_src).view(-1)
+                if rows.numel() == 0:
+                    continue
+                src = column[rows]
+                complete = rows.numel() == n
+                identity = complete and n == n_src and bool(torch.equal(src, every))
+                out.append((k, None if complete else rows, None if identity else src))
+            self._by_offset = out
+        return self._by_offset
+
+    def fill(self, n_src: int) -> float:
+        n = self.table.shape[0]
+        used = sum(n if rows is None else rows.numel() for _, rows, _ in self.by_offset(n_src))
+        return used / max(self.table.numel(), 1)
 
 
 @dataclass

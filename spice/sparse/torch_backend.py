@@ -7,9 +7,15 @@ coordinate set and cached in the tensor's context (a `MapCache`), keyed by (stri
   * Pick route: one GEMM src (n, Cin) × W viewed as (Cin, K·Cout), then each output row picks its
     (site, offset) row of that product.
 The input gradient takes the other route of the same map, and the weight gradient is one GEMM over the
-gathered block, so nothing is scattered: no index_add, no atomics, the same summation order on every
-run, on CPU and CUDA. Gathers are done in row chunks (`chunk_rows`, `CHUNK_BYTES`), so the gathered
-block's memory stays bounded whatever the number of sites (it would be n·27·Cin at once).
+gathered block. Gathers are done in row chunks (`chunk_rows`, `CHUNK_BYTES`), so the gathered block's
+memory stays bounded whatever the number of sites (it would be n·27·Cin at once).
+
+A Gather multiplies every table entry, present or not: 27 / (mean neighbours) times the useful work of
+a submanifold layer (1.7× at full resolution, 2.8× two levels down). Where few entries hold an input
+and the layer is not small, the same map runs as per-offset pairs instead (`use_pairs`, thresholds measured by
+benchmarks/bench_routes.py): one GEMM per offset on its rows only, added into the output rows of that
+offset. Each output row gets at most one addition per offset, in offset order, so the summation order
+is the same on every run, on CPU and CUDA, as with the table.
 """
 from __future__ import annotations
 
@@ -31,6 +37,53 @@ def chunk_rows(width: int, dtype: torch.dtype, device: torch.device) -> int:
     """Rows of an (n, width) gathered block that fit the device's chunk budget (at least 64)."""
     budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"])
     return max(64, budget // (width * torch.empty((), dtype=dtype).element_size()))
+
+
+# Per-offset pairs replace a Gather table when (fill = pairs / table entries) < PAIRS_FILL[device] and the
+# useful work pairs·Cin·Cout reaches PAIRS_MIN_WORK[device] multiply-adds (narrow layers, and layers with
+# Cin·Cout >= PAIRS_WIDE). Below that one GEMM beats one per offset. CPU values measured with
+# benchmarks/bench_routes.py at 1 and 2 threads (benchmarks/results/bench_routes_cpu_{1,2}t.txt); no
+# measured map had a fill above 0.58. CUDA keeps the table (one launch per layer) until a GPU has
+# measured it (the same benchmark with --device cuda).
+PAIRS_FILL = {"cpu": 0.7, "cuda": 0.0}
+PAIRS_MIN_WORK = {"cpu": (20_000_000, 4_000_000), "cuda": (0, 0)}
+PAIRS_WIDE = 64 * 64
+
+
+def use_pairs(route: Gather, n_src: int, c_in: int, c_out: int, device: torch.device) -> bool:
+    """Whether `route` runs as per-offset pairs for a (Cin, Cout) layer on `device` (see PAIRS_FILL)."""
+    limit = PAIRS_FILL.get(device.type, PAIRS_FILL["cuda"])
+    if limit <= 0:
+        return False
+    fill = route.fill(n_src)
+    if fill >= limit:
+        return False
+    narrow, wide = PAIRS_MIN_WORK.get(device.type, PAIRS_MIN_WORK["cuda"])
+    return fill * route.table.numel() * c_in * c_out >= (wide if c_in * c_out >= PAIRS_WIDE else narrow)
+
+
+def pairs_mm(src: torch.Tensor, route: Gather, weight: torch.Tensor) -> torch.Tensor:
+    """gather_mm by offsets: out[rows_k] += src[inputs_k] @ weight[k] for each offset k in order;
+    src (n_src, C), weight [K, C, C'] -> (n_out, C')."""
+    out = src.new_zeros(route.table.shape[0], weight.shape[2])
+    for k, rows, inputs in route.by_offset(src.shape[0]):
+        picked = src if inputs is None else src.index_select(0, inputs)
+        if rows is None:
+            out.addmm_(picked, weight[k])
+        else:
+            out.index_add_(0, rows, picked @ weight[k])
+    return out
+
+
+def pairs_tmm(src: torch.Tensor, route: Gather, other: torch.Tensor) -> torch.Tensor:
+    """gather_tmm by offsets: block k = src[inputs_k]ᵀ other[rows_k]; src (n_src, C), other (n_out, C')
+    -> (K·C, C') (zero blocks for offsets without pairs)."""
+    k_all, c = route.table.shape[1], src.shape[1]
+    out = src.new_zeros(k_all, c, other.shape[1])
+    for k, rows, inputs in route.by_offset(src.shape[0]):
+        picked = src if inputs is None else src.index_select(0, inputs)
+        torch.mm(picked.t(), other if rows is None else other.index_select(0, rows), out=out[k])
+    return out.view(k_all * c, -1)
 
 
 def _padded(x: torch.Tensor) -> torch.Tensor:
@@ -83,8 +136,17 @@ def pick_mm(src: torch.Tensor, cell: torch.Tensor, weight: torch.Tensor) -> torc
 def route_mm(route, src: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Apply one route of a ConvMap: src (n_src, C), weight [K, C, C'] -> (n_out, C')."""
     if isinstance(route, Gather):
+        if use_pairs(route, src.shape[0], weight.shape[1], weight.shape[2], src.device):
+            return pairs_mm(src, route, weight)
         return gather_mm(src, route.table, weight.reshape(-1, weight.shape[2]))
     return pick_mm(src, route.cell, weight)
+
+
+def route_tmm(route: Gather, src: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Σ over the route's pairs of src rowᵀ · other row, per offset: (K·C, C') (the weight gradient)."""
+    if use_pairs(route, src.shape[0], src.shape[1], other.shape[1], src.device):
+        return pairs_tmm(src, route, other)
+    return gather_tmm(src, route.table, other)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -129,9 +191,9 @@ class SparseConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             k, c_in, c_out = w.shape
             if isinstance(cmap.forward, Gather):
-                grad_weight = gather_tmm(f, cmap.forward.table, g).view(k, c_in, c_out)
+                grad_weight = route_tmm(cmap.forward, f, g).view(k, c_in, c_out)
             else:                                        # Pick forward: its backward is a Gather over g
-                grad_weight = gather_tmm(g, cmap.backward.table, f).view(k, c_out, c_in).transpose(1, 2)
+                grad_weight = route_tmm(cmap.backward, g, f).view(k, c_out, c_in).transpose(1, 2)
             grad_weight = grad_weight.to(weight.dtype).contiguous()
         return grad_feats, grad_weight, None
 
