@@ -15,6 +15,7 @@ Writes benchmarks/results/bench_routes_{cpu_<threads>t,cuda}.{json,txt}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import json
 import os
@@ -32,19 +33,18 @@ from spice.sparse import torch_backend as tb
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@contextlib.contextmanager
 def forced(route: str, device: str):
-    """Context: every Gather of the torch backend runs as its table or as pairs."""
-    class Force:
-        def __enter__(self):
-            self.saved = dict(tb.PAIRS_MIN_WORK), dict(tb.PAIRS_FILL)
-            tb.PAIRS_MIN_WORK[device] = (0, 0)
-            tb.PAIRS_FILL[device] = 1.01 if route == "pairs" else -1.0
-
-        def __exit__(self, *exc):
-            for table, saved in zip((tb.PAIRS_MIN_WORK, tb.PAIRS_FILL), self.saved):
-                table.clear()
-                table.update(saved)
-    return Force()
+    """Every Gather of the torch backend runs as its table or as pairs while inside."""
+    saved = dict(tb.PAIRS_MIN_WORK), dict(tb.PAIRS_FILL)
+    tb.PAIRS_MIN_WORK[device] = (0, 0)
+    tb.PAIRS_FILL[device] = 1.01 if route == "pairs" else -1.0
+    try:
+        yield
+    finally:
+        for table, old in zip((tb.PAIRS_MIN_WORK, tb.PAIRS_FILL), saved):
+            table.clear()
+            table.update(old)
 
 
 def levels(events, device, depth: int):
@@ -107,16 +107,6 @@ def case(kind: str, fine, coarse, c_in: int, c_out: int, device: str, repeats: i
             "picked": "pairs" if tb.use_pairs(gather, n_src, c_in, c_out, torch.device(device)) else "table"}
 
 
-class Rule:
-    """Context that leaves the backend's own choice in place (the counterpart of `forced`)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def network(label: str, cfg: dict, events, device: str, repeats: int) -> dict:
     """Forward+backward seconds of one SPICE network on the collated events: table everywhere vs the rule."""
     batch = collate(events).to(device)
@@ -128,7 +118,7 @@ def network(label: str, cfg: dict, events, device: str, repeats: int) -> dict:
         out = model(batch)
         (out["embedding"].sum() + out["margin"].sum() + out["seediness"].sum()).backward()
 
-    contexts = {"table": lambda: forced("table", device), "rule": Rule}
+    contexts = {"table": lambda: forced("table", device), "rule": contextlib.nullcontext}
     for make in contexts.values():
         with make():
             run()

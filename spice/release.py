@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -44,12 +43,6 @@ def export_weights(checkpoint, out) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, buffer.getvalue())
     return out
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
 
 
 def earlier_history(init_weights: str) -> dict | None:
@@ -100,9 +93,7 @@ def release(run: Path, out: Path, val_events: int = 100, val_seed: int = 1000, c
     thresholds, untuned = tables.complete_thresholds(tuned, val[0].labels)
     save_thresholds(thresholds, out / "thresholds.json", objective="sbd", n_events=len(val), untuned=untuned,
                     events=f"spice.data.synthetic.generate({val_events}, {size}, seed={val_seed})")
-    tmp = out / "config.yaml.tmp"
-    shutil.copyfile(run / "config.yaml", tmp)
-    tmp.replace(out / "config.yaml")
+    atomic_write_bytes(out / "config.yaml", (run / "config.yaml").read_bytes())
     state = read_checkpoint(weights, keys=("iteration", "config"))
     history = earlier_history(state["config"].get("init_weights", ""))
     losses = pd.read_csv(run / "losses.csv")
@@ -110,9 +101,9 @@ def release(run: Path, out: Path, val_events: int = 100, val_seed: int = 1000, c
     curve = learning_curve(shots, val[:curve_events], losses, device=device, progress=True) if shots else None
     if history is not None:
         losses, curve = continue_history(history, losses, curve)
-    write_csv(losses, out / "losses.csv")
+    atomic_write_bytes(out / "losses.csv", losses.to_csv(index=False).encode())
     if curve is not None:
-        write_csv(curve, out / "learning_curve.csv")
+        atomic_write_bytes(out / "learning_curve.csv", curve.to_csv(index=False).encode())
     prov = provenance(notebook="spice.release", data={
         "validation": {"generator": "spice.data.synthetic.generate", "n_events": val_events, "seed": val_seed,
                        "spatial_size": size}})

@@ -34,6 +34,7 @@ class Gather:
 
     table: torch.Tensor
     _by_offset: list | None = field(default=None, repr=False, compare=False)
+    _fill: float | None = field(default=None, repr=False, compare=False)
 
     def by_offset(self, n_src: int) -> list:
         if self._by_offset is None:
@@ -52,9 +53,11 @@ class Gather:
         return self._by_offset
 
     def fill(self, n_src: int) -> float:
-        n = self.table.shape[0]
-        used = sum(n if rows is None else rows.numel() for _, rows, _ in self.by_offset(n_src))
-        return used / max(self.table.numel(), 1)
+        if self._fill is None:
+            n = self.table.shape[0]
+            used = sum(n if rows is None else rows.numel() for _, rows, _ in self.by_offset(n_src))
+            self._fill = used / max(self.table.numel(), 1)
+        return self._fill
 
 
 @dataclass
