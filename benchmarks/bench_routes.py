@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextlib.contextmanager
 def forced(route: str, device: str):
-    """Every Gather of the torch backend runs as its table or as pairs while inside."""
+    """Every route of the torch backend (Gather and Pick) runs as one GEMM ("table") or as pairs while inside."""
     saved = dict(tb.PAIRS_MIN_WORK), dict(tb.PAIRS_FILL)
     tb.PAIRS_MIN_WORK[device] = (0, 0)
     tb.PAIRS_FILL[device] = 1.01 if route == "pairs" else -1.0

@@ -112,16 +112,19 @@ def test_gradcheck(op, gen):
 
 
 def force_route(monkeypatch, route: str, device: str = "cpu") -> None:
-    """Make every Gather run as its table ("table") or as per-offset pairs ("pairs")."""
+    """Make every route run as one GEMM ("table"), or as per-offset pairs: each offset's products scattered
+    into its rows ("pairs"), or each partial offset as its whole table column ("columns")."""
     monkeypatch.setitem(tb.PAIRS_MIN_WORK, device, (0, 0))
-    monkeypatch.setitem(tb.PAIRS_FILL, device, 1.01 if route == "pairs" else -1.0)
+    monkeypatch.setitem(tb.PAIRS_FILL, device, -1.0 if route == "table" else 1.01)
+    monkeypatch.setitem(tb.COLUMN_GAIN, device, 1e9 if route == "columns" else 0.0)
 
 
 @pytest.mark.parametrize("op", ["subm", "down", "up"])
-@pytest.mark.parametrize("chunk_bytes,route", [(1, "table"), (None, "table"), (None, "pairs")])
+@pytest.mark.parametrize("chunk_bytes,route", [(1, "table"), (None, "table"), (None, "pairs"), (None, "columns")])
 def test_gradients_equal_dense_autograd(op, chunk_bytes, route, gen, monkeypatch):
     """Outputs and both gradients (features, weight) against autograd through dense conv3d (float64),
-    with the gather table (in 64-row chunks: many chunk boundaries; and default chunks) and as pairs."""
+    with the gather table (in 64-row chunks: many chunk boundaries; and default chunks) and as pairs
+    (scattered per offset, and by whole table columns)."""
     if chunk_bytes is not None:
         monkeypatch.setitem(tb.CHUNK_BYTES, "cpu", chunk_bytes)
     force_route(monkeypatch, route)
@@ -245,7 +248,7 @@ def test_cuda_matches_cpu(gen):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("route", ["table", "pairs"])
+@pytest.mark.parametrize("route", ["table", "pairs", "columns"])
 def test_cuda_reruns_are_bit_identical(route, monkeypatch):
     """Fixed summation order (pairs add each offset once per output row): outputs and gradients repeat
     exactly on CUDA too (float32)."""
@@ -300,5 +303,31 @@ def test_route_choice_follows_fill_and_work():
     assert tb.use_pairs(sparse_map, n, 64, 64, cpu)       # 1500 pairs x 4096: a wide layer with work enough
     assert not tb.use_pairs(sparse_map, n, 32, 32, cpu)   # 1500 x 1024: narrow, too little work: one GEMM wins
     assert not tb.use_pairs(sparse_map, n, 64, 64, cuda)
+    assert tb.column_fill(16, cpu) < 0.5 < tb.column_fill(128, cpu)   # narrow layers: columns pay sooner
+    assert tb.column_fill(16, cuda) > 1                               # CUDA: always scattered pairs
     dense = Gather(torch.arange(n).repeat(27, 1).t().contiguous())
     assert dense.fill(n) == 1.0 and not tb.use_pairs(dense, n, 64, 64, cpu)
+
+
+def test_pick_by_offset_runs_only_its_pairs():
+    """A Pick (2^3 layers) as pairs: the same output as its definition out[i] = src[cell // K] @ W[cell % K],
+    zero rows where the cell is absent, and fill = pairs / (n_src·K); the rule takes it on CPU only."""
+    from spice.sparse.kernel_map import Pick
+    n_src, k, n_out = 50, 8, 120
+    gen = torch.Generator().manual_seed(3)
+    cell = torch.randint(0, n_src * k, (n_out,), generator=gen)
+    cell[::7] = n_src * k                                          # rows without an input
+    route = Pick(cell, k)
+    src = torch.randint(-4, 5, (n_src, 3), generator=gen).double()  # small integers: every sum exact
+    w = torch.randint(-4, 5, (k, 3, 5), generator=gen).double()
+    want = torch.stack([src[c // k] @ w[c % k] if c < n_src * k else torch.zeros(5, dtype=torch.float64)
+                        for c in cell.tolist()])
+    assert torch.equal(tb.pick_pairs_mm(src, route, w), want)
+    assert torch.equal(tb.pick_mm(src, cell, w), want)
+    assert route.fill(n_src) == pytest.approx(int((cell < n_src * k).sum()) / (n_src * k))
+    coarse = 2000                                                  # a 2^3 layer with 2.4 of 8 children per site
+    wide = Pick(torch.randperm(coarse * k, generator=gen)[:coarse * 24 // 10], k)
+    assert wide.fill(coarse) == pytest.approx(0.3)
+    assert tb.use_pairs(wide, coarse, 64, 64, torch.device("cpu"))   # 4800 pairs x 4096 multiply-adds
+    assert not tb.use_pairs(wide, coarse, 16, 16, torch.device("cpu"))
+    assert not tb.use_pairs(wide, coarse, 64, 64, torch.device("cuda"))

@@ -8,12 +8,14 @@ over voxels. Offsets are ordered x-fastest (docs/CONTRACTS.md): 3^3 k = (dx+1) +
 A convolution is described by two `Route`s, one for each direction, so neither the forward pass nor
 the input gradient ever scatters (no index_add, no atomics on CUDA):
   * `Gather(table)`: out[i] = Σ_k src[table[i, k]] @ W[k], table (n_out, K), absent = n_src (a zero row);
-  * `Pick(cell)`:    out[i] = (src @ W)[cell[i]] with src @ W laid out (n_src·K, Cout) (row q·K + k is
+  * `Pick(cell, K)`: out[i] = (src @ W)[cell[i]] with src @ W laid out (n_src·K, Cout) (row q·K + k is
                      src[q] @ W[k]), absent = n_src·K (a zero row).
 Submanifold 3^3: Gather both ways with one table (the neighbour relation is symmetric,
 q = p + off_k <=> p = q + off_{26−k}, so the input gradient gathers through the mirrored kernel
 W[26 − k]). Down 2^3: forward Gather over the 8 children of each coarse site, backward Pick of each
 fine site's (parent, parity). Up 2^3: the same pair swapped.
+Both routes can also run offset by offset on their pairs only (`by_offset`), which skips the absent
+entries that the one-GEMM form multiplies too (`fill` is the share of them that is present).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class Gather:
     table: torch.Tensor
     _by_offset: list | None = field(default=None, repr=False, compare=False)
     _fill: float | None = field(default=None, repr=False, compare=False)
+    _columns: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def by_offset(self, n_src: int) -> list:
         if self._by_offset is None:
@@ -59,12 +62,45 @@ class Gather:
             self._fill = used / max(self.table.numel(), 1)
         return self._fill
 
+    def column(self, k: int) -> torch.Tensor:
+        """table[:, k] as a contiguous (n_out,) index (the transposed table is built once)."""
+        if self._columns is None:
+            self._columns = self.table.t().contiguous()
+        return self._columns[k]
+
+    def entries(self, n_src: int) -> int:
+        """Row products the one-GEMM route computes (table entries, present or not); the pairs are fill·entries."""
+        return self.table.numel()
+
 
 @dataclass
 class Pick:
-    """out[i] = src[cell[i] // K] @ W[cell[i] % K]; cell (n_out,) int64, the value n_src·K meaning "no input"."""
+    """out[i] = src[cell[i] // K] @ W[cell[i] % K]; cell (n_out,) int64, the value n_src·K meaning "no input".
+
+    `by_offset(n_src)` gives the same map sorted by offset (built once): (input row of each pair (n,),
+    pairs per offset [K], position of each output row in that order (n_out,), n where it has no input).
+    `fill(n_src)`: pairs / (n_src·K), the share of the one-GEMM route's products that are used."""
 
     cell: torch.Tensor
+    kernel: int
+    _by_offset: tuple | None = field(default=None, repr=False, compare=False)
+
+    def by_offset(self, n_src: int) -> tuple:
+        if self._by_offset is None:
+            rows = torch.nonzero(self.cell < n_src * self.kernel).view(-1)
+            offset = self.cell[rows] % self.kernel
+            rows = rows[torch.argsort(offset, stable=True)]                 # output rows, offset by offset
+            counts = torch.bincount(offset, minlength=self.kernel).tolist()
+            position = torch.full_like(self.cell, rows.numel())
+            position[rows] = torch.arange(rows.numel(), device=rows.device)
+            self._by_offset = (self.cell[rows] // self.kernel, counts, position)
+        return self._by_offset
+
+    def fill(self, n_src: int) -> float:
+        return self.by_offset(n_src)[0].numel() / max(n_src * self.kernel, 1)
+
+    def entries(self, n_src: int) -> int:
+        return n_src * self.kernel
 
 
 Route = Gather | Pick
@@ -227,14 +263,14 @@ def downsample_map(coords: torch.Tensor, radix: int) -> tuple[torch.Tensor, Conv
     coarse_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
     q = int(coarse_keys.numel())
     cell, children = _cells(inverse, coords, q)
-    return unpack(coarse_keys, radix), ConvMap(Gather(children), Pick(cell), coords.shape[0], q, 8)
+    return unpack(coarse_keys, radix), ConvMap(Gather(children), Pick(cell, 8), coords.shape[0], q, 8)
 
 
 def upsample_map(coarse: SiteIndex, target: torch.Tensor, radix: int) -> ConvMap:
     """Transposed 2^3 map onto `target` (N,4): target row p reads the coarse row of floor(p/2) (none: zero)."""
     q = coarse.sorted_keys.numel()
     cell, children = _cells(coarse.rows(pack(parent(target), radix)), target, q)
-    return ConvMap(Pick(cell), Gather(children), q, target.shape[0], 8)
+    return ConvMap(Pick(cell, 8), Gather(children), q, target.shape[0], 8)
 
 
 def transposed(down: ConvMap) -> ConvMap:

@@ -11,19 +11,22 @@ gathered block. Gathers are done in row chunks (`chunk_rows`, `CHUNK_BYTES`), so
 memory stays bounded whatever the number of sites (it would be n·27·Cin at once).
 
 A Gather multiplies every table entry, present or not: 27 / (mean neighbours) times the useful work of
-a submanifold layer (1.7× at full resolution, 2.8× two levels down). Where few entries hold an input
-and the layer is not small, the same map runs as per-offset pairs instead (`use_pairs`, thresholds measured by
-benchmarks/bench_routes.py): one GEMM per offset on its rows only, added into the output rows of that
-offset. Each output row gets at most one addition per offset, in offset order, so the summation order
-is the same on every run, on CPU and CUDA, as with the table.
+a submanifold layer (1.7× at full resolution, 2.8× two levels down); a Pick multiplies every input row
+by all K offsets (8 / (mean children) times the useful work of a 2^3 layer). Where few entries hold an
+input and the layer is not small, the same map runs as per-offset pairs instead (`use_pairs`, thresholds
+measured by benchmarks/bench_routes.py): one GEMM per offset on its rows only. A Gather's products are
+added into the output rows of their offset (an offset present on most rows multiplies its whole table
+column instead and adds with addmm, which is cheaper than the scatter: `column_fill`); each output row
+gets at most one addition per offset, in offset order, so the summation order is the same on every run,
+on CPU and CUDA, as with the table. A Pick's products are only picked (each output row has one).
 """
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from .kernel_map import ConvMap, Gather, MapCache, SiteIndex, downsample_map, make_cache, submanifold_map, \
-    transposed, upsample_map
+from .kernel_map import ConvMap, Gather, MapCache, Pick, SiteIndex, downsample_map, make_cache, \
+    submanifold_map, transposed, upsample_map
 from .tensor import SparseTensor
 
 NAME = "torch"
@@ -48,9 +51,16 @@ def chunk_rows(width: int, dtype: torch.dtype, device: torch.device) -> int:
 PAIRS_FILL = {"cpu": 0.7, "cuda": 0.0}
 PAIRS_MIN_WORK = {"cpu": (20_000_000, 4_000_000), "cuda": (0, 0)}
 PAIRS_WIDE = 64 * 64
+# Inside pairs_mm, an offset with pairs on a share f of the output rows runs as its whole table column
+# (gather every row, zeros where absent, one addmm) when f >= Cin / (Cin + COLUMN_GAIN): the column wastes
+# (1 - f) of its gather and GEMM, pairs pay a scatter (index_add_) of f·n rows instead. CPU value from
+# timing index_add_, index_select and mm on 53k rows at width 32, 2 threads (a scattered row costs about
+# 1.5 rows of a 32×32 GEMM, i.e. 45 / Cin of a Cin-wide GEMM row); benchmarks/bench_routes.py checks the
+# resulting per-layer choice. CUDA: no columns until measured.
+COLUMN_GAIN = {"cpu": 45.0, "cuda": 0.0}
 
 
-def use_pairs(route: Gather, n_src: int, c_in: int, c_out: int, device: torch.device) -> bool:
+def use_pairs(route: Gather | Pick, n_src: int, c_in: int, c_out: int, device: torch.device) -> bool:
     """Whether `route` runs as per-offset pairs for a (Cin, Cout) layer on `device` (see PAIRS_FILL)."""
     limit = PAIRS_FILL.get(device.type, PAIRS_FILL["cuda"])
     if limit <= 0:
@@ -59,19 +69,31 @@ def use_pairs(route: Gather, n_src: int, c_in: int, c_out: int, device: torch.de
     if fill >= limit:
         return False
     narrow, wide = PAIRS_MIN_WORK.get(device.type, PAIRS_MIN_WORK["cuda"])
-    return fill * route.table.numel() * c_in * c_out >= (wide if c_in * c_out >= PAIRS_WIDE else narrow)
+    return fill * route.entries(n_src) * c_in * c_out >= (wide if c_in * c_out >= PAIRS_WIDE else narrow)
+
+
+def column_fill(c_in: int, device: torch.device) -> float:
+    """The share of output rows above which one offset of pairs_mm runs as a whole table column (see COLUMN_GAIN)."""
+    gain = COLUMN_GAIN.get(device.type, COLUMN_GAIN["cuda"])
+    return c_in / (c_in + gain) if gain > 0 else 2.0
 
 
 def pairs_mm(src: torch.Tensor, route: Gather, weight: torch.Tensor) -> torch.Tensor:
     """gather_mm by offsets: out[rows_k] += src[inputs_k] @ weight[k] for each offset k in order;
-    src (n_src, C), weight [K, C, C'] -> (n_out, C')."""
-    out = src.new_zeros(route.table.shape[0], weight.shape[2])
+    src (n_src, C), weight [K, C, C'] -> (n_out, C'). An offset whose rows are most of the output
+    (`column_fill`) multiplies its whole table column instead (absent rows read a zero row), which
+    adds straight into `out` (addmm) rather than through a scatter (index_add_)."""
+    n_out = route.table.shape[0]
+    out = src.new_zeros(n_out, weight.shape[2])
+    dense, padded = column_fill(src.shape[1], src.device) * n_out, None
     for k, rows, inputs in route.by_offset(src.shape[0]):
-        picked = src if inputs is None else src.index_select(0, inputs)
         if rows is None:
-            out.addmm_(picked, weight[k])
+            out.addmm_(src if inputs is None else src.index_select(0, inputs), weight[k])
+        elif rows.numel() >= dense:
+            padded = _padded(src) if padded is None else padded
+            out.addmm_(padded.index_select(0, route.column(k)), weight[k])
         else:
-            out.index_add_(0, rows, picked @ weight[k])
+            out.index_add_(0, rows, src.index_select(0, inputs) @ weight[k])
     return out
 
 
@@ -133,13 +155,30 @@ def pick_mm(src: torch.Tensor, cell: torch.Tensor, weight: torch.Tensor) -> torc
     return products.index_select(0, cell)
 
 
+def pick_pairs_mm(src: torch.Tensor, route: Pick, weight: torch.Tensor) -> torch.Tensor:
+    """pick_mm on the pairs only: the input rows of all pairs gathered in offset order, one GEMM per
+    offset on its slice, then each output row picks its product (or the zero row). Nothing is summed,
+    so the result is that of pick_mm; src (n_src, C), weight [K, C, C'] -> (n_out, C')."""
+    inputs, counts, position = route.by_offset(src.shape[0])
+    picked = src.index_select(0, inputs)
+    products = src.new_empty(inputs.numel() + 1, weight.shape[2])
+    products[-1].zero_()
+    a = 0
+    for k, n in enumerate(counts):
+        if n:
+            torch.mm(picked[a:a + n], weight[k], out=products[a:a + n])
+            a += n
+    return products.index_select(0, position)
+
+
 def route_mm(route, src: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Apply one route of a ConvMap: src (n_src, C), weight [K, C, C'] -> (n_out, C')."""
+    pairs = use_pairs(route, src.shape[0], weight.shape[1], weight.shape[2], src.device)
     if isinstance(route, Gather):
-        if use_pairs(route, src.shape[0], weight.shape[1], weight.shape[2], src.device):
+        if pairs:
             return pairs_mm(src, route, weight)
         return gather_mm(src, route.table, weight.reshape(-1, weight.shape[2]))
-    return pick_mm(src, route.cell, weight)
+    return pick_pairs_mm(src, route, weight) if pairs else pick_mm(src, route.cell, weight)
 
 
 def route_tmm(route: Gather, src: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -175,9 +214,7 @@ class SparseConvFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         feats, weight = ctx.saved_tensors
-        cmap: ConvMap = ctx.cmap
         f, w, g = feats.to(ctx.dtype), weight.to(ctx.dtype), grad_out.to(ctx.dtype).contiguous()
-        grad_feats = grad_weight = None
         with torch.autocast(feats.device.type, enabled=False):
             return SparseConvFunction._grads(ctx, feats, weight, f, w, g)
 
