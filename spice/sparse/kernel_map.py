@@ -5,8 +5,8 @@ Sites are found by packing [b, x, y, z] into one int64 key (b most significant) 
 over voxels. Offsets are ordered x-fastest (docs/CONTRACTS.md): 3^3 k = (dx+1) + 3(dy+1) + 9(dz+1),
 2^3 k = dx + 2dy + 4dz.
 
-A convolution is described by two `Route`s, one for each direction, so neither the forward pass nor
-the input gradient ever scatters (no index_add, no atomics on CUDA):
+A convolution is described by two `Route`s, one for each direction, so that in their one-GEMM form
+neither the forward pass nor the input gradient scatters (no index_add, no atomics on CUDA):
   * `Gather(table)`: out[i] = Σ_k src[table[i, k]] @ W[k], table (n_out, K), absent = n_src (a zero row);
   * `Pick(cell, K)`: out[i] = (src @ W)[cell[i]] with src @ W laid out (n_src·K, Cout) (row q·K + k is
                      src[q] @ W[k]), absent = n_src·K (a zero row).
@@ -15,7 +15,9 @@ q = p + off_k <=> p = q + off_{26−k}, so the input gradient gathers through th
 W[26 − k]). Down 2^3: forward Gather over the 8 children of each coarse site, backward Pick of each
 fine site's (parent, parity). Up 2^3: the same pair swapped.
 Both routes can also run offset by offset on their pairs only (`by_offset`), which skips the absent
-entries that the one-GEMM form multiplies too (`fill` is the share of them that is present).
+entries that the one-GEMM form multiplies too (`fill` is the share of them that is present); a Gather
+then adds each offset's products into its rows (torch_backend.pairs_mm), at most once per row and
+offset, in offset order.
 """
 from __future__ import annotations
 
