@@ -10,7 +10,7 @@ writes, each under a temporary name first:
 - config.yaml and losses.csv of the run; learning_curve.csv (spice.learning_curve, on the first
   `--curve-events` validation events) when the run kept snapshots;
 - provenance.json: git state, machine, library versions, training wall time, validation events.
-A run that started from released weights (`init_weights: weights/<name>/part-a/checkpoint.pt`) continues
+A run that started from released weights (`init_weights: weights/<name>/part-b/checkpoint.pt`) continues
 their history: when the folder of `init_weights` holds losses.csv (and learning_curve.csv), the release's
 files put those rows first and count this run's iterations and seconds on from them.
 The validation events are spice.data.synthetic.generate(n, size, seed) with the demo's validation
