@@ -173,6 +173,13 @@ def layer_case(names, op: str, coords: torch.Tensor, coarse: torch.Tensor, width
     return row
 
 
+def fwd_bwd(model: SPICE, batch) -> None:
+    """One forward and backward of `model` in training mode, with the sum of its outputs as the loss."""
+    model.zero_grad(set_to_none=True)
+    out = model(batch)
+    (out["embedding"].sum() + out["margin"].sum() + out["seediness"].sum()).backward()
+
+
 def network_case(names, label: str, cfg: dict, events, device, repeats: int) -> dict:
     """Forward+backward (training mode, a sum of the outputs as loss) seconds per event for every backend."""
     batch = collate(events).to(device)
@@ -180,12 +187,7 @@ def network_case(names, label: str, cfg: dict, events, device, repeats: int) -> 
     for name in names:
         torch.manual_seed(0)
         model = SPICE(**cfg, reps=2, spatial_size=events[0].spatial_size, backend=name).to(device).train()
-
-        def run(model=model):
-            model.zero_grad(set_to_none=True)
-            out = model(batch)
-            (out["embedding"].sum() + out["margin"].sum() + out["seediness"].sum()).backward()
-        fns[name] = run
+        fns[name] = lambda model=model: fwd_bwd(model, batch)
     seconds = interleaved(fns, repeats, device)
     return dict(config=label, batch=len(events), voxels=[len(e) for e in events],
                 **{f"{n}_s_per_event": s / len(events) for n, s in seconds.items()})

@@ -1,0 +1,73 @@
+"""Where the network's forward+backward time goes (issue 12): torch.profiler on the torch backend.
+
+Builds SPICE(filters, depth) on `--events` generated events of grid `--size`, runs bench_sparse.fwd_bwd
+once to warm up, times one more, then profiles one, and writes the operator table (by self CPU time) with
+the machine and the share of each operator group (GEMM, gather, scatter, other) to
+benchmarks/results/profile_<F>_<D>_<size>_b<events>_<threads>t.txt.
+
+    .venv/bin/python benchmarks/profile_model.py [--filters 32] [--depth 6] [--size 512] [--events 8] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench_sparse import ROOT, fwd_bwd, machine
+from spice.data import collate
+from spice.data.synthetic import generate
+from spice.model import SPICE
+
+GROUPS = {"GEMM": ("aten::mm", "aten::addmm_", "aten::addmm"), "gather": ("aten::index_select",),
+          "scatter": ("aten::scatter_add_", "aten::index_add_")}
+
+
+def shares(averages) -> dict[str, float]:
+    """Share of total self CPU time per operator group (an operator counted by its self time only)."""
+    total = sum(a.self_cpu_time_total for a in averages)
+    out = {g: sum(a.self_cpu_time_total for a in averages if a.key in names) / total for g, names in GROUPS.items()}
+    out["other"] = 1.0 - sum(out.values())
+    return out
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--filters", type=int, default=32)
+    ap.add_argument("--depth", type=int, default=6)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--events", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    batch = collate(generate(args.events, args.size, args.seed))
+    torch.manual_seed(0)
+    model = SPICE(filters=args.filters, depth=args.depth, reps=2, spatial_size=args.size, backend="torch").train()
+    fwd_bwd(model, batch)
+    tick = time.perf_counter()
+    fwd_bwd(model, batch)
+    seconds = time.perf_counter() - tick
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fwd_bwd(model, batch)
+    averages = prof.key_averages()
+    lines = [f"SPICE F{args.filters} D{args.depth}, {args.events} generated {args.size}³ events "
+             f"({batch.coords.shape[0]} voxels), forward+backward, torch backend, {args.threads} thread(s)",
+             f"machine: {machine(torch.device('cpu'))}",
+             f"fwd+bwd (timed, outside the profiler): {seconds:.2f} s",
+             "share of self CPU time: " + ", ".join(f"{g} {s:.1%}" for g, s in shares(averages).items()), "",
+             averages.table(sort_by="self_cpu_time_total", row_limit=20)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"profile_F{args.filters}_D{args.depth}_{args.size}_b{args.events}_{args.threads}t.txt"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    print("\n".join(lines[:4]))
+    return path
+
+
+if __name__ == "__main__":
+    main()
