@@ -48,7 +48,8 @@ def test_gpu_demo_stops_resumes_and_reports(tmp_path):
     report = json.loads((tmp_path / "out" / "gpu_demo_cpu_smoke.json").read_text())
     assert report["train_calls"] == 2
     trained = [r for r in report["table"] if r["dataset"].endswith("trained SPICE")]
-    assert trained and all(0 <= r["ari"] <= 1 for r in trained)
+    # a few iterations planned from a timed probe: ARI near 0, and ARI may be below 0 (its range is [-1, 1])
+    assert trained and all(-1 <= r["ari"] <= 1 and 0 <= r["purity"] <= 1 for r in trained)
     assert "| generated test set: trained SPICE" in (tmp_path / "out" / "gpu_demo_cpu_smoke.md").read_text()
 
 
