@@ -5,6 +5,10 @@ frozen: their parameters have requires_grad False and are not in the optimiser, 
 in eval mode so BatchNorm running statistics do not move either. Stage 2 trains everything on the
 total loss. `stage2_optimizer: continue` (default) keeps the stage-1 Adam state of the embedding
 parameters and adds the seediness parameters as a new parameter group; `fresh` starts a new Adam.
+An optional stage 3 (`stage3_iterations`, 0 by default; not in the paper) fine-tunes the seediness
+decoder alone: the encoder and the embedding decoder are frozen (no gradient, eval mode), so the target
+p_ik of L_seed stops moving, and a new Adam over the seediness parameters minimises L_seed. Inference
+is unchanged; stage 3 only trains the seed map further against the embedding the network already has.
 
 Batches: the event stream is a concatenation of seeded random permutations of the dataset (epoch e
 uses torch.Generator seeded with (seed, e)), and iteration i takes elements [i·B, (i+1)·B) of it, so
@@ -96,6 +100,7 @@ class TrainConfig:
     stage1_iterations: int = 50_000
     stage2_iterations: int = 100_000
     stage2_optimizer: str = "continue"   # or "fresh"
+    stage3_iterations: int = 0           # seediness decoder alone on L_seed, the embedding frozen (not in the paper)
     init_weights: str = ""               # weights file (spice.release / snapshot) to start from instead of
                                          # the seeded initialisation: fine-tuning; its model_args must match
     batch_size: int = 32
@@ -126,7 +131,7 @@ class TrainConfig:
             raise ValueError("warmup_iterations and snapshot_every must be >= 0, min_lr_fraction in [0, 1]")
         if self.stage2_optimizer not in ("continue", "fresh"):
             raise ValueError(f"stage2_optimizer must be 'continue' or 'fresh', got {self.stage2_optimizer!r}")
-        for name in ("stage1_iterations", "stage2_iterations"):
+        for name in ("stage1_iterations", "stage2_iterations", "stage3_iterations"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
@@ -138,7 +143,13 @@ class TrainConfig:
 
     @property
     def iterations(self) -> int:
-        return self.stage1_iterations + self.stage2_iterations
+        return self.stage1_iterations + self.stage2_iterations + self.stage3_iterations
+
+    def stage_at(self, iteration: int) -> int:
+        """The stage (1, 2 or 3) that trains iteration `iteration` (0-based)."""
+        if iteration < self.stage1_iterations:
+            return 1
+        return 2 if iteration < self.stage1_iterations + self.stage2_iterations or not self.stage3_iterations else 3
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -296,18 +307,29 @@ def seediness_modules(model) -> list[torch.nn.Module]:
 
 
 def set_stage(model, stage: int) -> None:
-    """Train mode; in stage 1 the seediness parameters are frozen and their modules kept in eval mode."""
+    """Train mode; in stage 1 the seediness parameters are frozen and their modules kept in eval mode;
+    in stage 3 every other parameter is, and every module outside the seediness decoder is in eval mode."""
     model.train()
     for p in model.seediness_parameters():
-        p.requires_grad_(stage == 2)
+        p.requires_grad_(stage != 1)
+    for p in model.embedding_parameters():
+        p.requires_grad_(stage != 3)
     if stage == 1:
         for module in seediness_modules(model):
             module.eval()
+    if stage == 3:
+        seed = {id(m) for m in seediness_modules(model)}
+        for module in model.modules():
+            if id(module) not in seed:
+                module.training = False  # not .eval(): that would recurse into the seediness decoder
 
 
 def make_optimizer(model, cfg: TrainConfig, stage: int) -> torch.optim.Adam:
     """Stage 1: Adam over the embedding parameters. Stage 2: the same plus a seediness group
-    ("continue"), or one Adam over all parameters ("fresh")."""
+    ("continue"), or one Adam over all parameters ("fresh"). Stage 3: a new Adam over the seediness
+    parameters alone."""
+    if stage == 3:
+        return torch.optim.Adam(list(model.seediness_parameters()), lr=cfg.lr)
     if stage == 2 and cfg.stage2_optimizer == "fresh":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr)
     opt = torch.optim.Adam(list(model.embedding_parameters()), lr=cfg.lr)
@@ -388,18 +410,20 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: S
                stage: int = 2, bf16: bool = False, reduce=None) -> dict[str, torch.Tensor]:
     """One optimisation step on `batch` (already on the model's device): forward (under bf16 autocast
     when `bf16` and on CUDA), the loss terms, backward of L_emb (stage 1) or the total (stage 2), and the
-    optimiser step. Returns the loss terms; a non-finite objective raises FloatingPointError before any
+    optimiser step (stage 3: backward of L_seed alone, through the seediness decoder only). Returns the
+    loss terms; a non-finite objective raises FloatingPointError before any
     update, naming the batch's events. `reduce` (several processes: spice.distributed.mean_over_ranks)
     maps the terms to those of the global batch before the check, so every rank stops together; the
     returned terms are then the reduced ones, while the backward uses this rank's own."""
     device_type = batch.coords.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16 and device_type == "cuda"):
         # stage 1: the frozen seediness decoder is not run (L_seed is then reported as 0)
-        outputs = model(batch) if stage == 2 else model(batch, seediness=False)
+        outputs = model(batch) if stage != 1 else model(batch, seediness=False)
     losses = loss(outputs, batch)
-    objective = losses["emb"] if stage == 1 else losses["total"]
+    term = {1: "emb", 2: "total", 3: "seed"}[stage]
+    objective = losses[term]
     reported = losses if reduce is None else reduce(losses)
-    if not torch.isfinite(reported["emb"] if stage == 1 else reported["total"]):
+    if not torch.isfinite(reported[term]):
         raise FloatingPointError(f"stage {stage}: non-finite loss { {t: v.item() for t, v in reported.items()} } "
                                  f"on events {batch.sources}")
     optimizer.zero_grad(set_to_none=True)
@@ -444,7 +468,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     model = build_model(args).to(device)
     if config.sync_batchnorm and ctx.distributed:  # same state_dict keys; one process: nothing changes
         distributed.convert_sync_batchnorm(model)
-    start, stage = 0, 1 if config.stage1_iterations > 0 else 2
+    start, stage = 0, config.stage_at(0)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         start, stage = int(checkpoint["iteration"]), int(checkpoint["stage"])
@@ -493,14 +517,14 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     with tqdm(total=total, initial=start, disable=not (config.progress and ctx.is_main), desc="spice train",
               dynamic_ncols=True) as bar:
         for batch in loader:
-            if iteration >= config.stage1_iterations and stage == 1:
-                stage = 2
+            if config.stage_at(iteration) != stage:
+                stage = config.stage_at(iteration)
                 set_stage(model, stage)
-                if config.stage2_optimizer == "fresh":
-                    optimizer = make_optimizer(model, config, stage)
-                else:
+                if stage == 2 and config.stage2_optimizer == "continue":
                     optimizer.add_param_group({"params": list(model.seediness_parameters())})
-                ddp = None  # drop the stage-1 DDP (its hooks) before wrapping the newly trainable parameters
+                else:
+                    optimizer = make_optimizer(model, config, stage)
+                ddp = None  # drop the previous stage's DDP (its hooks) before wrapping the trainable parameters
                 ddp = distributed.wrap(model, ctx)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, iteration)
@@ -519,7 +543,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             if writer is not None:
                 for t in TERMS:
                     writer.add_scalar(f"loss/{t}", row[t], iteration)
-            bar.set_postfix(stage=stage, loss=f"{row['total']:.4f}", emb=f"{row['emb']:.4f}")
+            bar.set_postfix(stage=stage, loss=f"{row['total']:.4f}", emb=f"{row['emb']:.4f}", seed=f"{row['seed']:.4f}")
             bar.update(1)
             if config.snapshot_every and iteration % config.snapshot_every == 0 and ctx.is_main:
                 save_snapshot(out_dir, model, args, iteration, stage)
@@ -578,7 +602,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="spice train", description="Train SPICE in two stages (SPEC §3).")
+    parser = argparse.ArgumentParser(prog="spice train", description="Train SPICE in two stages (SPEC §3), "
+                                     "optionally with a third that fine-tunes the seediness decoder alone.")
     parser.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
     parser.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

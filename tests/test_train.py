@@ -119,6 +119,52 @@ def test_stage1_leaves_seediness_parameters_and_buffers_identical(tmp_path, line
     assert any(not torch.equal(before[k], after2[k]) for k in seed_keys)
 
 
+def test_stage3_trains_the_seediness_decoder_alone(tmp_path, line_events):
+    """Stage 3: every parameter and buffer outside the seediness decoder stays as stage 2 left it (no
+    gradient, BatchNorm in eval mode); the seediness decoder moves, and the objective is L_seed."""
+    two = load_model(train(tiny_config(tmp_path, stage1_iterations=1, stage2_iterations=2,
+                                       out_dir=str(tmp_path / "two")))).state_dict()
+    cfg = tiny_config(tmp_path, stage1_iterations=1, stage2_iterations=2, stage3_iterations=3,
+                      out_dir=str(tmp_path / "three"))
+    three = load_model(train(cfg)).state_dict()
+    model = build_model(train_mod.model_args(cfg.model, line_events))
+    seed_keys = {f"{name}.{k}" for name, m in model.named_modules() if m in seediness_modules(model)
+                 for k, _ in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))}
+    changed = {k for k in two if not torch.equal(two[k], three[k])}
+    assert changed and changed <= seed_keys
+    assert any("running_mean" in k for k in changed)  # the seediness decoder's own BatchNorm still trains
+    rows = list(csv.DictReader(open(tmp_path / "three" / "losses.csv")))
+    assert [int(r["stage"]) for r in rows] == [1, 2, 2, 3, 3, 3]
+    state = torch.load(tmp_path / "three" / "checkpoint.pt", weights_only=True)
+    assert state["stage"] == 3 and len(state["optimizer"]["param_groups"]) == 1
+    assert len(state["optimizer"]["param_groups"][0]["params"]) == len(model.seediness_parameters())
+    assert [cfg.stage_at(i) for i in range(7)] == [1, 2, 2, 3, 3, 3, 3]
+
+
+def test_stage3_resume_is_bit_identical(tmp_path, line_events, monkeypatch):
+    kw = {"stage1_iterations": 1, "stage2_iterations": 2, "stage3_iterations": 3}
+    straight = torch.load(train(tiny_config(tmp_path, out_dir=str(tmp_path / "a"), **kw)), weights_only=True)
+    cfg = tiny_config(tmp_path, out_dir=str(tmp_path / "b"), **kw)
+    calls = {"n": 0}
+    original = SPICELoss.__call__
+
+    def failing(self, outputs, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # the checkpoint of iteration 4 (stage 3) is the last one
+            raise Interrupt("simulated crash")
+        return original(self, outputs, batch)
+
+    monkeypatch.setattr(SPICELoss, "__call__", failing)
+    with pytest.raises(Interrupt):
+        train(cfg)
+    monkeypatch.setattr(SPICELoss, "__call__", original)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["stage"] == 3
+    resumed = torch.load(train(cfg, resume=True), weights_only=True)
+    assert resumed["iteration"] == straight["iteration"] == 6
+    for k in straight["model"]:
+        assert torch.equal(straight["model"][k], resumed["model"][k]), k
+
+
 def test_optimizer_groups_per_stage(tmp_path, line_events):
     cfg = tiny_config(tmp_path)
     model = build_model(train_mod.model_args(cfg.model, line_events))
