@@ -141,30 +141,6 @@ def test_stage3_trains_the_seediness_decoder_alone(tmp_path, line_events):
     assert [cfg.stage_at(i) for i in range(7)] == [1, 2, 2, 3, 3, 3, 3]
 
 
-def test_stage3_resume_is_bit_identical(tmp_path, line_events, monkeypatch):
-    kw = {"stage1_iterations": 1, "stage2_iterations": 2, "stage3_iterations": 3}
-    straight = torch.load(train(tiny_config(tmp_path, out_dir=str(tmp_path / "a"), **kw)), weights_only=True)
-    cfg = tiny_config(tmp_path, out_dir=str(tmp_path / "b"), **kw)
-    calls = {"n": 0}
-    original = SPICELoss.__call__
-
-    def failing(self, outputs, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:  # the checkpoint of iteration 4 (stage 3) is the last one
-            raise Interrupt("simulated crash")
-        return original(self, outputs, batch)
-
-    monkeypatch.setattr(SPICELoss, "__call__", failing)
-    with pytest.raises(Interrupt):
-        train(cfg)
-    monkeypatch.setattr(SPICELoss, "__call__", original)
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["stage"] == 3
-    resumed = torch.load(train(cfg, resume=True), weights_only=True)
-    assert resumed["iteration"] == straight["iteration"] == 6
-    for k in straight["model"]:
-        assert torch.equal(straight["model"][k], resumed["model"][k]), k
-
-
 def test_optimizer_groups_per_stage(tmp_path, line_events):
     cfg = tiny_config(tmp_path)
     model = build_model(train_mod.model_args(cfg.model, line_events))
@@ -180,18 +156,14 @@ class Interrupt(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("fail_at_call", [4, 5])  # resume from iteration 2 (stage 1) or 4 (stage 2)
-@pytest.mark.parametrize("stage2_optimizer", ["continue", "fresh"])
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, line_events, monkeypatch, fail_at_call,
-                                                     stage2_optimizer):
-    straight = train(tiny_config(tmp_path, out_dir=str(tmp_path / "a"), stage2_optimizer=stage2_optimizer))
-    cfg = tiny_config(tmp_path, out_dir=str(tmp_path / "b"), stage2_optimizer=stage2_optimizer)
+def crash_at_loss_call(monkeypatch, cfg: TrainConfig, n: int) -> None:
+    """Run train(cfg) with a crash at the n-th loss evaluation (a killed run), then restore the loss."""
     calls = {"n": 0}
     original = SPICELoss.__call__
 
     def failing(self, outputs, batch):
         calls["n"] += 1
-        if calls["n"] == fail_at_call:
+        if calls["n"] == n:
             raise Interrupt("simulated crash")
         return original(self, outputs, batch)
 
@@ -199,6 +171,15 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, line_events, mon
     with pytest.raises(Interrupt):
         train(cfg)
     monkeypatch.setattr(SPICELoss, "__call__", original)
+
+
+@pytest.mark.parametrize("fail_at_call", [4, 5])  # resume from iteration 2 (stage 1) or 4 (stage 2)
+@pytest.mark.parametrize("stage2_optimizer", ["continue", "fresh"])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, line_events, monkeypatch, fail_at_call,
+                                                     stage2_optimizer):
+    straight = train(tiny_config(tmp_path, out_dir=str(tmp_path / "a"), stage2_optimizer=stage2_optimizer))
+    cfg = tiny_config(tmp_path, out_dir=str(tmp_path / "b"), stage2_optimizer=stage2_optimizer)
+    crash_at_loss_call(monkeypatch, cfg, fail_at_call)
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg)
     resumed = train(cfg, resume=True)
@@ -215,6 +196,18 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, line_events, mon
     rows_b = list(csv.DictReader(open(tmp_path / "b" / "losses.csv")))
     assert [r["iteration"] for r in rows_b] == [str(i) for i in range(1, 7)]
     assert [r["total"] for r in rows_a] == [r["total"] for r in rows_b]
+
+
+def test_stage3_resume_is_bit_identical(tmp_path, line_events, monkeypatch):
+    kw = {"stage1_iterations": 1, "stage2_iterations": 2, "stage3_iterations": 3}
+    straight = torch.load(train(tiny_config(tmp_path, out_dir=str(tmp_path / "a"), **kw)), weights_only=True)
+    cfg = tiny_config(tmp_path, out_dir=str(tmp_path / "b"), **kw)
+    crash_at_loss_call(monkeypatch, cfg, 6)  # the checkpoint of iteration 4 (stage 3) is the last one
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["stage"] == 3
+    resumed = torch.load(train(cfg, resume=True), weights_only=True)
+    assert resumed["iteration"] == straight["iteration"] == 6
+    for k in straight["model"]:
+        assert torch.equal(straight["model"][k], resumed["model"][k]), k
 
 
 def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes_identically(tmp_path, line_events):
