@@ -24,7 +24,8 @@ help:
 	@echo "make nb NB=04 [PROFILE=demo] [PARAMS='-p n_test 50']  - rerun one notebook, parameters overridden"
 	@echo "make minkowski - build and install the MinkowskiEngine backend (CPU, cached wheel)"
 	@echo "make lab    - JupyterLab on notebooks/ with this project's environment [LAB_ARGS='--port 8899']"
-	@echo "make reference - remake weights/reference-cpu (part D) from its committed part C (about 85 min on 2 CPU cores; rerun to resume)"
+	@echo "make reference - remake weights/reference-cpu (part E) from its committed part D (about 80 min on 2 CPU cores; rerun to resume)"
+	@echo "make reference-part-d - remake part D, weights/reference-cpu/part-d, from the committed part C (about 85 min)"
 	@echo "make reference-part-c - remake part C, weights/reference-cpu/part-c, from the committed part B (about 90 min)"
 	@echo "make reference-part-b - remake part B, weights/reference-cpu/part-b, from the committed part A (about 80 min)"
 	@echo "make reference-part-a - remake part A itself, weights/reference-cpu/part-a (about 60 min)"
@@ -111,17 +112,20 @@ lab: $(ENV_READY)
 # ---- end lab ---------------------------------------------------------------------------------------
 
 # ---- reference: the released CPU weights weights/reference-cpu (issue 11) ------------------------------
-# Four parts, each one session long. Part A (configs/reference_cpu_part_a.yaml) trains from scratch;
+# Five parts, each one session long. Part A (configs/reference_cpu_part_a.yaml) trains from scratch;
 # part B (configs/reference_cpu_part_b.yaml) starts from part A's committed weights, part C
-# (configs/reference_cpu_part_c.yaml) from part B's, part D (configs/reference_cpu.yaml, the seediness
-# decoder alone) from part C's. Each trains into build/ (resumable: rerun after an
-# interruption), then spice.release exports the weights, tunes thresholds, scores the snapshots and
-# records provenance; each release carries the history of the part it started from on.
+# (configs/reference_cpu_part_c.yaml) from part B's, part D (configs/reference_cpu_part_d.yaml, the
+# seediness loss weighted 8 times) from part C's, part E (configs/reference_cpu.yaml) from part D's. Each
+# trains into build/ (resumable: rerun after an interruption), then spice.release exports the weights,
+# tunes thresholds, scores the snapshots and records provenance; each release carries the history of the part it started from on.
 REFERENCE_RUN ?= build/reference-cpu
-.PHONY: reference reference-part-a reference-part-b reference-part-c
+.PHONY: reference reference-part-a reference-part-b reference-part-c reference-part-d
 reference: $(ENV_READY)
 	$(PY) -m spice train --config configs/reference_cpu.yaml --resume --set out_dir=$(REFERENCE_RUN)
 	$(PY) -m spice.release --run $(REFERENCE_RUN) --out weights/reference-cpu
+reference-part-d: $(ENV_READY)
+	$(PY) -m spice train --config configs/reference_cpu_part_d.yaml --resume --set out_dir=$(REFERENCE_RUN)-part-d
+	$(PY) -m spice.release --run $(REFERENCE_RUN)-part-d --out weights/reference-cpu/part-d
 reference-part-c: $(ENV_READY)
 	$(PY) -m spice train --config configs/reference_cpu_part_c.yaml --resume --set out_dir=$(REFERENCE_RUN)-part-c
 	$(PY) -m spice.release --run $(REFERENCE_RUN)-part-c --out weights/reference-cpu/part-c

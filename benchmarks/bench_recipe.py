@@ -10,9 +10,9 @@ rate schedule ends where its budget does. It is scored on validation events neve
 (spice.learning_curve). DBSCAN on the true semantic masks, at its best eps per class on the same events,
 is the row to beat.
 
-    python benchmarks/bench_recipe.py [--minutes 4.5] [--val-events 30] [--threads 2] [--only WORD ...]
+    python benchmarks/bench_recipe.py [--minutes 4.5] [--val-events 30] [--threads 2] [--only WORD ...] [--name STEM]
 
-Writes benchmarks/results/bench_recipe.{json,md}.
+Writes benchmarks/results/<--name, default bench_recipe>.{json,md}.
 """
 from __future__ import annotations
 
@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", action="store_true",
                     help="keep the other variants of the existing results (same --minutes and --val-events)")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench_recipe")
+    ap.add_argument("--name", default="bench_recipe", help="stem of the result files in benchmarks/results")
     ns = ap.parse_args(argv)
     torch.set_num_threads(ns.threads)
     out = ROOT / "benchmarks" / "results"
@@ -118,9 +119,9 @@ def main(argv=None) -> int:
     chosen = [n for n in VARIANTS if not ns.only or any(w in n for w in ns.only)]
     runs = {}                                            # variant -> (its rows, its info)
     if ns.merge:
-        old = json.loads((out / "bench_recipe.json").read_text())
+        old = json.loads((out / f"{ns.name}.json").read_text())
         if (old["minutes"], old["val_events"]) != (ns.minutes, ns.val_events):
-            raise SystemExit(f"--merge: {out / 'bench_recipe.json'} has minutes={old['minutes']}, "
+            raise SystemExit(f"--merge: {out / f'{ns.name}.json'} has minutes={old['minutes']}, "
                              f"val_events={old['val_events']}; this run {ns.minutes}, {ns.val_events}")
         rows = pd.DataFrame(old["rows"])
         runs = {i["variant"]: (rows[rows.variant == i["variant"]], {"command": old["command"], **i})
@@ -139,28 +140,30 @@ def main(argv=None) -> int:
     table = table[["variant", "iterations", "wall_s", *classes]]
     dbscan = table.iloc[0]
     table["beats DBSCAN"] = [sum(bool(r[c] > dbscan[c]) for c in classes) if i else "" for i, r in table.iterrows()]
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+    from bench_sparse import machine as machine_info                   # benchmarks/ is on the path
+    model_name = machine_info(torch.device("cpu")).get("cpu_model", platform.processor())
+    machine = {"platform": platform.platform(), "processor": model_name, "cpu_count": os.cpu_count(),
                "torch": torch.__version__, "threads": ns.threads, "load_average_start": list(start_load),
                "load_average_end": list(os.getloadavg())}
     out.mkdir(parents=True, exist_ok=True)
     doc = {"machine": machine, "minutes": ns.minutes, "val_events": ns.val_events, "command": command,
            "variants": infos, "rows": results.to_dict(orient="records")}
-    tmp = out / "bench_recipe.json.tmp"
+    tmp = out / f"{ns.name}.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(out / "bench_recipe.json")
+    tmp.replace(out / f"{ns.name}.json")
     md = (f"# Recipe ablation at equal training wall time ({ns.minutes:g} min each), validation ARI on "
           f"{ns.val_events} generated 192³ events (best of a coarse threshold grid)\n\n"
           + "".join(f"`{c}`\n" for c in dict.fromkeys(i.get("command", command) for i in infos)) + "\n"
-          f"Machine: {machine['platform']}, {os.cpu_count()} cores, {ns.threads} torch thread(s); load average "
+          f"Machine: {machine['platform']} ({model_name}), {os.cpu_count()} cores, {ns.threads} torch thread(s); load average "
           f"per variant (1-minute, at its start and end) in bench_recipe.json. "
           f"wall_s: training (data making included); iterations: what fit the budget by a timing probe of "
           f"{PROBE} iterations per stage (event sizes vary, so wall times differ by up to a third). "
           f"Each variant changes one thing of the demo recipe (F16 D4 R2, batch 4, lr 0.005, fresh stream with "
           f"the cube's symmetries, 30 warm-up iterations, cosine to 2%, 30% of iterations in stage 1).\n\n"
           + table.round(3).to_markdown(index=False) + "\n")
-    tmp = out / "bench_recipe.md.tmp"
+    tmp = out / f"{ns.name}.md.tmp"
     tmp.write_text(md)
-    tmp.replace(out / "bench_recipe.md")
+    tmp.replace(out / f"{ns.name}.md")
     print(md)
     return 0
 

@@ -8,10 +8,12 @@ In one run, old and new timings interleaved (so load from other processes hits b
      paper size (F32 D6, 512³ events, batch 1 and 8);
   3. the demo training iteration (train_step: forward, SPICE loss, backward, Adam), stage 1 and stage 2.
 Backends: "landed" (spice/sparse of git LANDED_REV, the code before issue 12, loaded into a temporary
-package), "torch" (this checkout) and "minkowski" when MinkowskiEngine imports.
-Writes benchmarks/results/bench_sparse[_cuda].json and .txt with the machine and the load average.
+package), "previous" (the same for `--previous REV`, to time one change), "torch" (this checkout) and
+"minkowski" when MinkowskiEngine imports.
+Writes benchmarks/results/<--name, default bench_sparse>[_cuda].json and .txt with the machine and the load average.
 
     .venv/bin/python benchmarks/bench_sparse.py [--threads 2] [--repeats 3] [--net-repeats 2] [--quick] [--device cpu|cuda]
+                                                [--previous REV] [--name STEM]
 """
 from __future__ import annotations
 
@@ -40,34 +42,43 @@ LANDED_REV = "3be9289ab39203c0d3ba44a7778287f3df94bff0"  # the torch backend bef
 LANDED_FILES = ("tensor.py", "kernel_map.py", "torch_backend.py")
 
 
-def register_landed(rev: str = LANDED_REV) -> bool:
-    """Make the sparse backend of git `rev` selectable as backend "landed" (package spice_landed).
+def register_rev(name: str, rev: str, source: str | None = None) -> bool:
+    """Make the sparse backend of git `rev` selectable as backend `name` (package spice_<name>).
 
-    Its files come from `git show rev:spice/sparse/...`, or from $SPICE_LANDED_DIR when set (a folder
+    Its files come from `git show rev:spice/sparse/...`, or from the folder `source` when given (one
     holding those three files, e.g. on a machine without the git history). False when neither works.
     """
-    if "landed" in sparse.BACKENDS:
+    if name in sparse.BACKENDS:
         return True
-    folder = Path(tempfile.mkdtemp(prefix="spice_landed_")) / "spice_landed"
+    folder = Path(tempfile.mkdtemp(prefix=f"spice_{name}_")) / f"spice_{name}"
     folder.mkdir()
-    source = os.environ.get("SPICE_LANDED_DIR")
     try:
-        for name in LANDED_FILES:
-            text = (Path(source) / name).read_text() if source else subprocess.run(
-                ["git", "show", f"{rev}:spice/sparse/{name}"], cwd=ROOT, capture_output=True, text=True,
+        for file in LANDED_FILES:
+            text = (Path(source) / file).read_text() if source else subprocess.run(
+                ["git", "show", f"{rev}:spice/sparse/{file}"], cwd=ROOT, capture_output=True, text=True,
                 check=True).stdout
-            (folder / name).write_text(text)
+            (folder / file).write_text(text)
     except (OSError, subprocess.CalledProcessError) as err:
-        print(f"bench_sparse: the landed backend ({rev[:7]}) is unavailable: {err}", file=sys.stderr)
+        print(f"bench_sparse: the {name} backend ({rev[:7]}) is unavailable: {err}", file=sys.stderr)
         return False
     (folder / "__init__.py").write_text("")
     sys.path.insert(0, str(folder.parent))
-    sparse.BACKENDS["landed"] = "spice_landed.torch_backend"
+    sparse.BACKENDS[name] = f"spice_{name}.torch_backend"
     return True
 
 
-def backends() -> list[str]:
-    names = (["landed"] if register_landed() else []) + ["torch"]
+def register_landed() -> bool:
+    """The code before issue 12 (LANDED_REV, or the folder $SPICE_LANDED_DIR) as backend "landed"."""
+    return register_rev("landed", LANDED_REV, os.environ.get("SPICE_LANDED_DIR"))
+
+
+def backends(previous: str | None = None) -> list[str]:
+    """"landed" (LANDED_REV, or $SPICE_LANDED_DIR), "previous" (git rev `previous`, when given), "torch"
+    (this checkout) and "minkowski" (when MinkowskiEngine imports)."""
+    names = ["landed"] if register_landed() else []
+    if previous and register_rev("previous", previous):
+        names.append("previous")
+    names.append("torch")
     try:
         import MinkowskiEngine  # noqa: F401
         names.append("minkowski")
@@ -256,18 +267,20 @@ def main(argv=None) -> Path:
     ap.add_argument("--size", type=int, default=192, help="demo grid side")
     ap.add_argument("--quick", action="store_true", help="layers and demo size only (no paper size, no training)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: layers,demo,paper,train")
+    ap.add_argument("--previous", help="also time the torch backend of this git revision (backend 'previous')")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--name", default="bench_sparse", help="stem of the result files in --out")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(","))) | ({"paper", "train"} if args.quick else set())
-    names = backends()
+    names = backends(args.previous)
     if device.type == "cuda":
         import MinkowskiEngine as ME  # noqa: F401  (present: backends() listed it)
         if "minkowski" in names and not ME.is_cuda_available():
             names.remove("minkowski")
     result = dict(machine=machine(device), command="python " + " ".join([Path(__file__).name] + sys.argv[1:]),
-                  landed_rev=LANDED_REV, backends=names, load_average_start=os.getloadavg(),
+                  landed_rev=LANDED_REV, previous_rev=args.previous, backends=names, load_average_start=os.getloadavg(),
                   layers=[], networks=[], training=[])
     lines = [f"bench_sparse on {result['machine'].get('cpu_model', platform.processor())} "
              f"({os.cpu_count()} cores), torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -288,6 +301,7 @@ def main(argv=None) -> Path:
         lines.append(f"network {label} batch {row['batch']} ({sum(row['voxels'])} voxels: {row['voxels']}) fwd+bwd "
                      "s/event: " + ", ".join(f"{n} {row[n + '_s_per_event']:.3f}" for n in names)
                      + f"; torch faster than landed {ratio(row, 'landed', 'torch', '{}_s_per_event')}, "
+                     f"than previous {ratio(row, 'previous', 'torch', '{}_s_per_event')}, "
                      f"than minkowski {ratio(row, 'minkowski', 'torch', '{}_s_per_event')}")
         print(lines[-1], flush=True)
 
@@ -297,7 +311,8 @@ def main(argv=None) -> Path:
         for stage in (1, 2):
             lines.append(f"training iteration demo F16 D4 batch 8 stage {stage}: " + ", ".join(
                 f"{n} {row[f'stage{stage}_{n}_s']:.3f} s" for n in names)
-                + f"; torch faster than landed {ratio(row, f'stage{stage}_landed', f'stage{stage}_torch')}")
+                + f"; torch faster than landed {ratio(row, f'stage{stage}_landed', f'stage{stage}_torch')}, "
+                f"than previous {ratio(row, f'stage{stage}_previous', f'stage{stage}_torch')}")
             print(lines[-1], flush=True)
 
     if "layers" not in skip:
@@ -305,7 +320,7 @@ def main(argv=None) -> Path:
         lines.append(f"layers on the demo batch ({args.events} events of {args.size}³, seed {args.seed}): sites per level "
                      f"{[len(c) for c in lv]}; width ≤ 64 on level 0, 128 on level 1, 192 on level 2")
         lines.append(f"{'layer':6s} {'width':>5s} {'sites':>7s} {'pairs':>8s} {'dense GF/s':>10s} | "
-                     + " | ".join(f"{n} s, GF/s, of dense" for n in names) + " | landed/torch")
+                     + " | ".join(f"{n} s, GF/s, of dense" for n in names) + " | landed/torch | previous/torch")
         for width in args.widths:
             level = 0 if width <= 64 else (1 if width <= 128 else 2)
             for op in ("subm3", "down2", "up2"):
@@ -314,13 +329,13 @@ def main(argv=None) -> Path:
                 result["layers"].append(row)
                 lines.append(f"{op:6s} {width:5d} {row['sites']:7d} {row['pairs']:8d} {row['dense_gemm_gflops']:10.1f} | "
                              + " | ".join(f"{row[n + '_s']:.4f} {row[n + '_gflops']:5.1f} {row[n + '_of_dense']:4.0%}"
-                                          for n in names) + f" | {ratio(row, 'landed', 'torch')}")
+                                          for n in names) + f" | {ratio(row, 'landed', 'torch')} | {ratio(row, 'previous', 'torch')}")
                 print(lines[-1], flush=True)
 
     result["load_average_end"] = os.getloadavg()
     lines.append(f"load average at the end {result['load_average_end']}")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / ("bench_sparse" if device.type == "cpu" else f"bench_sparse_{device.type}")
+    stem = args.out / (args.name if device.type == "cpu" else f"{args.name}_{device.type}")
     for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".txt", "\n".join(lines) + "\n")):
         tmp = stem.with_suffix(suffix + ".tmp")
         tmp.write_text(text)

@@ -153,6 +153,25 @@ def test_gradients_equal_dense_autograd(op, chunk_bytes, route, gen, monkeypatch
         assert torch.allclose(a, b, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("route", ["table", "pairs", "columns"])
+@pytest.mark.parametrize("wanted", ["feats", "weight"])
+def test_submanifold_one_gradient_equals_dense_autograd(route, wanted, gen, monkeypatch):
+    """With only one gradient asked for (a first layer's input has none; a frozen layer's weight has none),
+    submanifold 3³ takes its per-gradient routes, not the shared gather of both: same values as dense autograd."""
+    force_route(monkeypatch, route)
+    fine = random_sites(gen, batch=2, side=D, density=0.5)
+    x0 = tb.make_input(fine, torch.zeros(fine.shape[0], 1, dtype=torch.float64))
+    feats = torch.randn(len(x0), 3, generator=gen, dtype=torch.float64, requires_grad=wanted == "feats")
+    w = torch.randn(27, 3, 4, generator=gen, dtype=torch.float64, requires_grad=wanted == "weight")
+    out = tb.submanifold_conv3(x0.with_feats(feats), w)
+    ref = read(F.conv3d(densify(fine, feats, 2, D), dense_weight(w, 3), padding=1), fine)
+    r = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    leaf = feats if wanted == "feats" else w
+    got, = torch.autograd.grad((out.feats * r).sum(), leaf)
+    expected, = torch.autograd.grad((ref * r).sum(), leaf)
+    assert torch.allclose(got, expected, atol=1e-10, rtol=0)
+
+
 def test_upsample_from_pooled_sites_equals_upsample_by_lookup(gen):
     """Up onto the sites a down conv came from reuses that map (transposed); a copy of the coarse coords
     (not the same tensor) makes the backend look the parents up instead: both give the same numbers."""

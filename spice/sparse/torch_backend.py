@@ -7,7 +7,8 @@ coordinate set and cached in the tensor's context (a `MapCache`), keyed by (stri
   * Pick route: one GEMM src (n, Cin) × W viewed as (Cin, K·Cout), then each output row picks its
     (site, offset) row of that product.
 The input gradient takes the other route of the same map, and the weight gradient is one GEMM over the
-gathered block. Gathers are done in row chunks (`chunk_rows`, `CHUNK_BYTES`), so the gathered block's
+gathered block. A submanifold layer's map is its own mirror, so its backward gathers the output gradient
+once for both gradients (`mirrored_grads`): three gathers per layer and step become two. Gathers are done in row chunks (`chunk_rows`, `CHUNK_BYTES`), so the gathered block's
 memory stays bounded whatever the number of sites (it would be n·27·Cin at once).
 
 A Gather multiplies every table entry, present or not: 27 / (mean neighbours) times the useful work of
@@ -188,6 +189,39 @@ def route_tmm(route: Gather, src: torch.Tensor, other: torch.Tensor) -> torch.Te
     return gather_tmm(src, route.table, other)
 
 
+def mirrored_grads(route: Gather, f: torch.Tensor, g: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both gradients of a submanifold 3³ conv (a mirrored map, one Gather both ways) from one gather of g:
+    f (n, Cin), g (n, Cout), w [K, Cin, Cout] -> (grad f (n, Cin), grad w [K, Cin, Cout]).
+
+    Row q of the gathered gradient holds g[table[q, k']] for each k', and table[q, k'] = p exactly when
+    table[p, K−1−k'] = q, so Σ_q f[q]ᵀ g[table[q, k']] is the weight gradient of offset K−1−k'. The input
+    gradient multiplies the same gathered rows by W[K−1−k']ᵀ, so the weight gradient needs no gather of its
+    own (route_tmm gathers f and g again). Pairs, columns and table chunks as in route_mm."""
+    n, (k_all, c_in, c_out) = g.shape[0], w.shape
+    wt = w.transpose(1, 2).flip(0)                       # [K, Cout, Cin]: offset k' uses W[K−1−k']ᵀ
+    if not use_pairs(route, n, c_out, c_in, g.device):
+        grad_f, acc = g.new_empty(n, c_in), f.new_zeros(c_in, k_all * c_out)
+        flat = wt.reshape(k_all * c_out, c_in)
+        for a, b, block in _gathered_blocks(g, route.table):
+            torch.mm(block, flat, out=grad_f[a:b])
+            acc.addmm_(f[a:b].t(), block)
+        return grad_f, acc.view(c_in, k_all, c_out).transpose(0, 1).flip(0)
+    grad_f, grad_w = g.new_zeros(n, c_in), f.new_zeros(k_all, c_in, c_out)
+    dense, padded = column_fill(c_out, g.device) * n, None
+    for k, rows, inputs in route.by_offset(n):
+        if rows is not None and rows.numel() >= dense:   # the whole column: zeros where absent, f as it is
+            padded = _padded(g) if padded is None else padded
+            picked, rows = padded.index_select(0, route.column(k)), None
+        else:
+            picked = g if inputs is None else g.index_select(0, inputs)
+        if rows is None:
+            grad_f.addmm_(picked, wt[k])
+        else:
+            grad_f.index_add_(0, rows, picked @ wt[k])
+        torch.mm((f if rows is None else f.index_select(0, rows)).t(), picked, out=grad_w[k_all - 1 - k])
+    return grad_f, grad_w
+
+
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     """The autocast dtype when autocast is on for t's device (e.g. bf16 on CUDA), else t's dtype."""
     kind = t.device.type
@@ -222,6 +256,9 @@ class SparseConvFunction(torch.autograd.Function):
     def _grads(ctx, feats, weight, f, w, g):
         cmap: ConvMap = ctx.cmap
         grad_feats = grad_weight = None
+        if cmap.mirrored and ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
+            grad_feats, grad_weight = mirrored_grads(cmap.forward, f, g, w)
+            return grad_feats.to(feats.dtype), grad_weight.to(weight.dtype).contiguous(), None
         if ctx.needs_input_grad[0]:
             wt = w.transpose(1, 2)                       # [K, Cout, Cin]
             grad_feats = route_mm(cmap.backward, g, wt.flip(0) if cmap.mirrored else wt).to(feats.dtype)
