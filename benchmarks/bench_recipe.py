@@ -54,6 +54,7 @@ VARIANTS = {
     "demo recipe, lr 0.01": ({"lr": 0.01}, STAGE1_SHARE),
     "demo recipe, F8 (half width)": ({"model": {"filters": 8, "depth": 4, "reps": 2}}, STAGE1_SHARE),
     "demo recipe, 50% in stage 1": ({}, 0.5),
+    "demo recipe, seediness loss x8 (gamma_seed 8)": ({"loss": {"gamma_seed": 8.0}}, STAGE1_SHARE),
 }
 PROBE = 6  # iterations per stage in the timing probe (the first of each is dropped)
 
