@@ -24,7 +24,7 @@ help:
 	@echo "make nb NB=04 [PROFILE=demo] [PARAMS='-p n_test 50']  - rerun one notebook, parameters overridden"
 	@echo "make minkowski - build and install the MinkowskiEngine backend (CPU, cached wheel)"
 	@echo "make lab    - JupyterLab on notebooks/ with this project's environment [LAB_ARGS='--port 8899']"
-	@echo "make reference - remake weights/reference-cpu (part E) from its committed part D (about 80 min on 2 CPU cores; rerun to resume)"
+	@echo "make reference - remake weights/reference-cpu (part E) from its committed part D (about 80 min on 2 Intel Xeon cores, stops at 90; rerun to resume)"
 	@echo "make reference-part-d - remake part D, weights/reference-cpu/part-d, from the committed part C (about 85 min)"
 	@echo "make reference-part-c - remake part C, weights/reference-cpu/part-c, from the committed part B (about 90 min)"
 	@echo "make reference-part-b - remake part B, weights/reference-cpu/part-b, from the committed part A (about 80 min)"
@@ -117,7 +117,8 @@ lab: $(ENV_READY)
 # (configs/reference_cpu_part_c.yaml) from part B's, part D (configs/reference_cpu_part_d.yaml, the
 # seediness loss weighted 8 times) from part C's, part E (configs/reference_cpu.yaml) from part D's. Each
 # trains into build/ (resumable: rerun after an interruption), then spice.release exports the weights,
-# tunes thresholds, scores the snapshots and records provenance; each release carries the history of the part it started from on.
+# tunes thresholds, scores the snapshots and records provenance; each release carries the history of
+# the part it started from on.
 REFERENCE_RUN ?= build/reference-cpu
 .PHONY: reference reference-part-a reference-part-b reference-part-c reference-part-d
 reference: $(ENV_READY)

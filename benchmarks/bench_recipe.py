@@ -156,7 +156,7 @@ def main(argv=None) -> int:
           f"{ns.val_events} generated 192³ events (best of a coarse threshold grid)\n\n"
           + "".join(f"`{c}`\n" for c in dict.fromkeys(i.get("command", command) for i in infos)) + "\n"
           f"Machine: {machine['platform']} ({model_name}), {os.cpu_count()} cores, {ns.threads} torch thread(s); load average "
-          f"per variant (1-minute, at its start and end) in bench_recipe.json. "
+          f"per variant (1-minute, at its start and end) in {ns.name}.json. "
           f"wall_s: training (data making included); iterations: what fit the budget by a timing probe of "
           f"{PROBE} iterations per stage (event sizes vary, so wall times differ by up to a third). "
           f"Each variant changes one thing of the demo recipe (F16 D4 R2, batch 4, lr 0.005, fresh stream with "

@@ -8,8 +8,8 @@ coordinate set and cached in the tensor's context (a `MapCache`), keyed by (stri
     (site, offset) row of that product.
 The input gradient takes the other route of the same map, and the weight gradient is one GEMM over the
 gathered block. A submanifold layer's map is its own mirror, so its backward gathers the output gradient
-once for both gradients (`mirrored_grads`): three gathers per layer and step become two. Gathers are done in row chunks (`chunk_rows`, `CHUNK_BYTES`), so the gathered block's
-memory stays bounded whatever the number of sites (it would be n·27·Cin at once).
+once for both gradients (`mirrored_grads`) instead of once for each. Gathers are done in row chunks
+(`chunk_rows`, `CHUNK_BYTES`), so the gathered block's memory stays bounded whatever the number of sites (it would be n·27·Cin at once).
 
 A Gather multiplies every table entry, present or not: 27 / (mean neighbours) times the useful work of
 a submanifold layer (1.7× at full resolution, 2.8× two levels down); a Pick multiplies every input row
