@@ -3,9 +3,12 @@
 Builds SPICE(filters, depth) on `--events` generated events of grid `--size`, runs bench_sparse.fwd_bwd
 once to warm up, times one more, then profiles one, and writes the operator table (by self CPU time) with
 the machine and the share of each operator group (GEMM, gather, scatter, other) to
-benchmarks/results/profile_<F>_<D>_<size>_b<events>_<threads>t.txt.
+benchmarks/results/profile_<F>_<D>_<size>_b<events>_<threads>t.txt. With `--train-step 1|2` the profiled
+work is instead one whole training iteration of that stage (spice.train.train_step: forward, the SPICE
+loss, backward, Adam), written to profile_<F>_<D>_<size>_b<events>_<threads>t_step<stage>.txt.
 
     .venv/bin/python benchmarks/profile_model.py [--filters 32] [--depth 6] [--size 512] [--events 8] [--threads 2]
+    .venv/bin/python benchmarks/profile_model.py --filters 16 --depth 4 --size 192 --events 8 --train-step 2
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from torch.profiler import ProfilerActivity, profile
 from bench_sparse import ROOT, fwd_bwd, machine
 from spice.data import collate
 from spice.data.synthetic import generate
+from spice.losses import SPICELoss
 from spice.model import SPICE
+from spice.train import set_stage, train_step
 
 GROUPS = {"GEMM": ("aten::mm", "aten::addmm_", "aten::addmm"), "gather": ("aten::index_select",),
           "scatter": ("aten::scatter_add_", "aten::index_add_")}
@@ -41,27 +46,37 @@ def main(argv=None) -> Path:
     ap.add_argument("--events", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-step", type=int, choices=(1, 2), default=None,
+                    help="profile one training iteration of this stage (loss and Adam included)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     batch = collate(generate(args.events, args.size, args.seed))
     torch.manual_seed(0)
     model = SPICE(filters=args.filters, depth=args.depth, reps=2, spatial_size=args.size, backend="torch").train()
-    fwd_bwd(model, batch)
+    work, what = (lambda: fwd_bwd(model, batch)), "forward+backward"
+    if args.train_step:
+        set_stage(model, args.train_step)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        loss = SPICELoss()
+        work = lambda: train_step(model, opt, loss, batch, stage=args.train_step)  # noqa: E731
+        what = f"training iteration of stage {args.train_step} (forward, SPICE loss, backward, Adam)"
+    work()
     tick = time.perf_counter()
-    fwd_bwd(model, batch)
+    work()
     seconds = time.perf_counter() - tick
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fwd_bwd(model, batch)
+        work()
     averages = prof.key_averages()
     lines = [f"SPICE F{args.filters} D{args.depth}, {args.events} generated {args.size}³ events "
-             f"({batch.coords.shape[0]} voxels), forward+backward, torch backend, {args.threads} thread(s)",
+             f"({batch.coords.shape[0]} voxels), {what}, torch backend, {args.threads} thread(s)",
              f"machine: {machine(torch.device('cpu'))}",
-             f"fwd+bwd (timed, outside the profiler): {seconds:.2f} s",
+             f"{what} (timed, outside the profiler): {seconds:.2f} s",
              "share of self CPU time: " + ", ".join(f"{g} {s:.1%}" for g, s in shares(averages).items()), "",
              averages.table(sort_by="self_cpu_time_total", row_limit=20)]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"profile_F{args.filters}_D{args.depth}_{args.size}_b{args.events}_{args.threads}t.txt"
+    step = f"_step{args.train_step}" if args.train_step else ""
+    path = args.out / f"profile_F{args.filters}_D{args.depth}_{args.size}_b{args.events}_{args.threads}t{step}.txt"
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
