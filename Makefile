@@ -29,7 +29,7 @@ help:
 	@echo "make reference-part-c - remake part C, weights/reference-cpu/part-c, from the committed part B (about 90 min)"
 	@echo "make reference-part-b - remake part B, weights/reference-cpu/part-b, from the committed part A (about 80 min)"
 	@echo "make reference-part-a - remake part A itself, weights/reference-cpu/part-a (about 60 min)"
-	@echo "make depth5-part-a / depth5-part-b - the depth ablation F12 D5, weights/depth5-cpu (about 30 / 40 min)"
+	@echo "make depth5-part-a / -b / -c - the depth ablation F12 D5, weights/depth5-cpu (about 30 / 30 / 45 min)"
 
 env: $(ENV_READY)
 
@@ -138,11 +138,14 @@ reference-part-a: $(ENV_READY)
 	$(PY) -m spice train --config configs/reference_cpu_part_a.yaml --resume --set out_dir=$(REFERENCE_RUN)-part-a
 	$(PY) -m spice.release --run $(REFERENCE_RUN)-part-a --out weights/reference-cpu/part-a
 # The depth ablation (F12 D5, the same parameter count): reference parts A and B with only the network changed.
-.PHONY: depth5-part-a depth5-part-b
+.PHONY: depth5-part-a depth5-part-b depth5-part-c
 depth5-part-a: $(ENV_READY)
 	$(PY) -m spice train --config configs/depth5_cpu_part_a.yaml --resume --set out_dir=build/depth5-cpu-part-a
 	$(PY) -m spice.release --run build/depth5-cpu-part-a --out weights/depth5-cpu/part-a
 depth5-part-b: $(ENV_READY)
 	$(PY) -m spice train --config configs/depth5_cpu_part_b.yaml --resume --set out_dir=build/depth5-cpu-part-b
 	$(PY) -m spice.release --run build/depth5-cpu-part-b --out weights/depth5-cpu/part-b
+depth5-part-c: $(ENV_READY)
+	$(PY) -m spice train --config configs/depth5_cpu_part_c.yaml --resume --set out_dir=build/depth5-cpu-part-c
+	$(PY) -m spice.release --run build/depth5-cpu-part-c --out weights/depth5-cpu/part-c
 # ---- end reference ---------------------------------------------------------------------------------
