@@ -137,15 +137,18 @@ reference-part-b: $(ENV_READY)
 reference-part-a: $(ENV_READY)
 	$(PY) -m spice train --config configs/reference_cpu_part_a.yaml --resume --set out_dir=$(REFERENCE_RUN)-part-a
 	$(PY) -m spice.release --run $(REFERENCE_RUN)-part-a --out weights/reference-cpu/part-a
-# The depth ablation (F12 D5, the same parameter count): reference parts A and B with only the network changed.
+# The depth ablation (F12 D5, the same parameter count): reference parts A-C with only the network changed.
+# Only part C's checkpoint is committed; remaking part B or C first remakes the parts before it when absent.
 .PHONY: depth5-part-a depth5-part-b depth5-part-c
 depth5-part-a: $(ENV_READY)
 	$(PY) -m spice train --config configs/depth5_cpu_part_a.yaml --resume --set out_dir=build/depth5-cpu-part-a
 	$(PY) -m spice.release --run build/depth5-cpu-part-a --out weights/depth5-cpu/part-a
 depth5-part-b: $(ENV_READY)
+	test -f weights/depth5-cpu/part-a/checkpoint.pt || $(MAKE) depth5-part-a
 	$(PY) -m spice train --config configs/depth5_cpu_part_b.yaml --resume --set out_dir=build/depth5-cpu-part-b
 	$(PY) -m spice.release --run build/depth5-cpu-part-b --out weights/depth5-cpu/part-b
 depth5-part-c: $(ENV_READY)
+	test -f weights/depth5-cpu/part-b/checkpoint.pt || $(MAKE) depth5-part-b
 	$(PY) -m spice train --config configs/depth5_cpu_part_c.yaml --resume --set out_dir=build/depth5-cpu-part-c
 	$(PY) -m spice.release --run build/depth5-cpu-part-c --out weights/depth5-cpu/part-c
 # ---- end reference ---------------------------------------------------------------------------------
