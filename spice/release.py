@@ -4,7 +4,7 @@
 
 writes, each under a temporary name first:
 - checkpoint.pt: weights only (model state, model_args, iteration, stage, config), loads with
-  spice.train.load_model; at most 15 MiB;
+  spice.train.load_model; at most 15 MiB (`--half` stores them in float16, for larger networks);
 - thresholds.json: (s0, p0) per class tuned on `--val-events` generated validation events (spice.tune,
   mean SBD; classes absent from them get the paper's Table II values), loads with load_thresholds;
 - config.yaml and losses.csv of the run; learning_curve.csv (spice.learning_curve, on the first
@@ -31,14 +31,23 @@ from spice.train import CHECKPOINT, atomic_write_bytes, finished, read_checkpoin
 MAX_BYTES = 15 * 2 ** 20
 
 
-def export_weights(checkpoint, out) -> Path:
-    """Write the weights-only form of a training checkpoint to `out` (atomically)."""
+def export_weights(checkpoint, out, half: bool = False) -> Path:
+    """Write the weights-only form of a training checkpoint to `out` (atomically).
+
+    half: store the floating-point tensors as float16 (half the bytes: a network of up to about 7.8M
+    parameters fits the limit). `load_model` and `init_weights` copy them back into float32 parameters;
+    the release tunes and scores those rounded weights, so its thresholds are the released network's."""
     state = read_checkpoint(checkpoint, keys=("model", "model_args", "iteration", "stage", "config"))
     slim = {k: state[k] for k in ("model", "model_args", "iteration", "stage", "config")}
+    if half:
+        slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in slim["model"].items()}
+        slim["weights_dtype"] = "float16"
     buffer = io.BytesIO()
     torch.save(slim, buffer)
     if buffer.tell() > MAX_BYTES:
-        raise ValueError(f"{checkpoint}: weights take {buffer.tell() / 2**20:.1f} MiB, over the 15 MiB release limit")
+        hint = "" if half else " (--half stores them in float16)"
+        raise ValueError(f"{checkpoint}: weights take {buffer.tell() / 2**20:.1f} MiB, over the 15 MiB release "
+                         f"limit{hint}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, buffer.getvalue())
@@ -69,7 +78,7 @@ def continue_history(history: dict, losses: pd.DataFrame, curve: pd.DataFrame | 
 
 
 def release(run: Path, out: Path, val_events: int = 100, val_seed: int = 1000, curve_events: int = 40,
-            device: str = "cpu") -> Path:
+            device: str = "cpu", half: bool = False) -> Path:
     """Export, tune, score the snapshots and record provenance for the finished run in `run`."""
     from spice import tables
     from spice.data.synthetic import generate
@@ -85,7 +94,7 @@ def release(run: Path, out: Path, val_events: int = 100, val_seed: int = 1000, c
     if not finished(ckpt):
         raise ValueError(f"{ckpt}: training has not finished; resume it before releasing")
     out.mkdir(parents=True, exist_ok=True)
-    weights = export_weights(ckpt, out / "checkpoint.pt")
+    weights = export_weights(ckpt, out / "checkpoint.pt", half=half)
     model = load_model(weights, device)
     size = model.spatial_size
     val = generate(val_events, spatial_size=size, seed=val_seed)
@@ -110,6 +119,7 @@ def release(run: Path, out: Path, val_events: int = 100, val_seed: int = 1000, c
     prov["training"] = {"run": str(run), "iterations": int(state["iteration"]),
                         "iterations_with_history": int(len(losses)), "wall_time_s": float(losses["seconds"].sum()),
                         "threads": torch.get_num_threads(), "config": state["config"],
+                        "weights_dtype": "float16" if half else "float32",
                         "init_weights": state["config"].get("init_weights", "")}
     write_json(out / "provenance.json", prov)
     return out
@@ -123,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-seed", type=int, default=1000)
     ap.add_argument("--curve-events", type=int, default=40)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--half", action="store_true", help="store the weights in float16 (networks over the 15 MiB limit)")
     ns = ap.parse_args(argv)
-    print(release(ns.run, ns.out, ns.val_events, ns.val_seed, ns.curve_events, ns.device))
+    print(release(ns.run, ns.out, ns.val_events, ns.val_seed, ns.curve_events, ns.device, ns.half))
     return 0
 
 

@@ -128,3 +128,26 @@ def test_compare_known_answer():
     # neighbours: a line has 2 per inner voxel and 1 at each end; the pair adds 1 each
     assert t.loc["occupied 26-neighbours per voxel (mean)", "real"] == pytest.approx(18 / 10)
     assert t.loc["occupied 26-neighbours per voxel (mean)", "generated"] == pytest.approx(20 / 12)
+
+
+def test_half_release_loads_as_float32_and_fits_a_depth5_width16_network(tiny_run, tmp_path):
+    from spice import release as rel
+    from spice.model import SPICE
+    out = release(tiny_run, tmp_path / "half", val_events=2, val_seed=1000, curve_events=1, half=True)
+    stored = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert stored["weights_dtype"] == "float16"
+    assert all(v.dtype == torch.float16 for v in stored["model"].values() if v.is_floating_point())
+    model, original = load_model(out / "checkpoint.pt"), load_model(tiny_run / "checkpoint.pt")
+    for (name, a), b in zip(model.state_dict().items(), original.state_dict().values()):
+        assert a.dtype == b.dtype                                        # float32 again once loaded
+        assert torch.equal(a, b.half().to(b.dtype) if b.is_floating_point() else b), name
+    assert json.loads((out / "provenance.json").read_text())["training"]["weights_dtype"] == "float16"
+    # F16 D5 (6.8M parameters) is over the limit in float32 and under it in float16
+    net = SPICE(filters=16, depth=5, reps=2, spatial_size=192)
+    fake = tmp_path / "f16d5.pt"
+    torch.save({"model": net.state_dict(), "model_args": {}, "iteration": 0, "stage": 2, "config": {}}, fake)
+    with pytest.raises(ValueError, match=r"over the 15 MiB release limit \(--half stores them in float16\)"):
+        rel.export_weights(fake, tmp_path / "f32.pt")
+    assert (tmp_path / "f32.pt").exists() is False
+    small = rel.export_weights(fake, tmp_path / "f16.pt", half=True)
+    assert small.stat().st_size <= rel.MAX_BYTES
