@@ -29,7 +29,7 @@ help:
 	@echo "make reference-part-c - remake part C, weights/reference-cpu/part-c, from the committed part B (about 90 min)"
 	@echo "make reference-part-b - remake part B, weights/reference-cpu/part-b, from the committed part A (about 80 min)"
 	@echo "make reference-part-a - remake part A itself, weights/reference-cpu/part-a (about 60 min)"
-	@echo "make depth5-part-a / -b / -c - the depth ablation F12 D5, weights/depth5-cpu (about 30 / 30 / 45 min)"
+	@echo "make depth5-part-a / -b / -c / -d - the depth ablation F12 D5, weights/depth5-cpu (about 30 / 30 / 45 / 35 min)"
 
 env: $(ENV_READY)
 
@@ -139,7 +139,7 @@ reference-part-a: $(ENV_READY)
 	$(PY) -m spice.release --run $(REFERENCE_RUN)-part-a --out weights/reference-cpu/part-a
 # The depth ablation (F12 D5, the same parameter count): reference parts A-C with only the network changed.
 # Only part C's checkpoint is committed; remaking part B or C first remakes the parts before it when absent.
-.PHONY: depth5-part-a depth5-part-b depth5-part-c
+.PHONY: depth5-part-a depth5-part-b depth5-part-c depth5-part-d
 depth5-part-a: $(ENV_READY)
 	$(PY) -m spice train --config configs/depth5_cpu_part_a.yaml --resume --set out_dir=build/depth5-cpu-part-a
 	$(PY) -m spice.release --run build/depth5-cpu-part-a --out weights/depth5-cpu/part-a
@@ -151,4 +151,7 @@ depth5-part-c: $(ENV_READY)
 	test -f weights/depth5-cpu/part-b/checkpoint.pt || $(MAKE) depth5-part-b
 	$(PY) -m spice train --config configs/depth5_cpu_part_c.yaml --resume --set out_dir=build/depth5-cpu-part-c
 	$(PY) -m spice.release --run build/depth5-cpu-part-c --out weights/depth5-cpu/part-c
+depth5-part-d: $(ENV_READY)
+	$(PY) -m spice train --config configs/depth5_cpu_part_d.yaml --resume --set out_dir=build/depth5-cpu-part-d
+	$(PY) -m spice.release --run build/depth5-cpu-part-d --out weights/depth5-cpu/part-d
 # ---- end reference ---------------------------------------------------------------------------------
