@@ -137,8 +137,8 @@ reference-part-b: $(ENV_READY)
 reference-part-a: $(ENV_READY)
 	$(PY) -m spice train --config configs/reference_cpu_part_a.yaml --resume --set out_dir=$(REFERENCE_RUN)-part-a
 	$(PY) -m spice.release --run $(REFERENCE_RUN)-part-a --out weights/reference-cpu/part-a
-# The depth ablation (F12 D5, the same parameter count): reference parts A-C with only the network changed.
-# Only part C's checkpoint is committed; remaking part B or C first remakes the parts before it when absent.
+# The depth ablation (F12 D5, the same parameter count): reference parts A-D with only the network changed.
+# The checkpoints of parts C and D are committed; remaking part B or C first remakes the part before it when absent.
 .PHONY: depth5-part-a depth5-part-b depth5-part-c depth5-part-d
 depth5-part-a: $(ENV_READY)
 	$(PY) -m spice train --config configs/depth5_cpu_part_a.yaml --resume --set out_dir=build/depth5-cpu-part-a
