@@ -29,7 +29,9 @@ help:
 	@echo "make reference-part-c - remake part C, weights/reference-cpu/part-c, from the committed part B (about 90 min)"
 	@echo "make reference-part-b - remake part B, weights/reference-cpu/part-b, from the committed part A (about 80 min)"
 	@echo "make reference-part-a - remake part A itself, weights/reference-cpu/part-a (about 60 min)"
-	@echo "make depth5-part-a / -b / -c / -d - the depth ablation F12 D5, weights/depth5-cpu (about 30 / 30 / 45 / 35 min)"
+	@echo "make depth5-part-a / -b / -c / -d - the depth ablation F12 D5, weights/depth5-cpu/part-* (about 30 / 30 / 45 / 35 min)"
+	@echo "make depth5 - its part E, weights/depth5-cpu, from the committed part D (about 60 min)"
+	@echo "make f16d5-part-a / -b / -c - the width at depth 5, F16 D5, weights/f16d5-cpu/part-* (float16 weights)"
 
 env: $(ENV_READY)
 
@@ -137,9 +139,12 @@ reference-part-b: $(ENV_READY)
 reference-part-a: $(ENV_READY)
 	$(PY) -m spice train --config configs/reference_cpu_part_a.yaml --resume --set out_dir=$(REFERENCE_RUN)-part-a
 	$(PY) -m spice.release --run $(REFERENCE_RUN)-part-a --out weights/reference-cpu/part-a
-# The depth ablation (F12 D5, the same parameter count): reference parts A-D with only the network changed.
+# The depth ablation (F12 D5, the same parameter count): reference parts A-E with only the network changed.
 # The checkpoints of parts C and D are committed; remaking part B or C first remakes the part before it when absent.
-.PHONY: depth5-part-a depth5-part-b depth5-part-c depth5-part-d
+.PHONY: depth5 depth5-part-a depth5-part-b depth5-part-c depth5-part-d
+depth5: $(ENV_READY)
+	$(PY) -m spice train --config configs/depth5_cpu.yaml --resume --set out_dir=build/depth5-cpu
+	$(PY) -m spice.release --run build/depth5-cpu --out weights/depth5-cpu
 depth5-part-a: $(ENV_READY)
 	$(PY) -m spice train --config configs/depth5_cpu_part_a.yaml --resume --set out_dir=build/depth5-cpu-part-a
 	$(PY) -m spice.release --run build/depth5-cpu-part-a --out weights/depth5-cpu/part-a
@@ -154,4 +159,17 @@ depth5-part-c: $(ENV_READY)
 depth5-part-d: $(ENV_READY)
 	$(PY) -m spice train --config configs/depth5_cpu_part_d.yaml --resume --set out_dir=build/depth5-cpu-part-d
 	$(PY) -m spice.release --run build/depth5-cpu-part-d --out weights/depth5-cpu/part-d
+# F16 D5 (6.8M parameters): released in float16 (--half) to stay under 15 MiB.
+.PHONY: f16d5-part-a f16d5-part-b f16d5-part-c
+f16d5-part-a: $(ENV_READY)
+	$(PY) -m spice train --config configs/f16d5_cpu_part_a.yaml --resume --set out_dir=build/f16d5-cpu-part-a
+	$(PY) -m spice.release --half --run build/f16d5-cpu-part-a --out weights/f16d5-cpu/part-a
+f16d5-part-b: $(ENV_READY)
+	test -f weights/f16d5-cpu/part-a/checkpoint.pt || $(MAKE) f16d5-part-a
+	$(PY) -m spice train --config configs/f16d5_cpu_part_b.yaml --resume --set out_dir=build/f16d5-cpu-part-b
+	$(PY) -m spice.release --half --run build/f16d5-cpu-part-b --out weights/f16d5-cpu/part-b
+f16d5-part-c: $(ENV_READY)
+	test -f weights/f16d5-cpu/part-b/checkpoint.pt || $(MAKE) f16d5-part-b
+	$(PY) -m spice train --config configs/f16d5_cpu_part_c.yaml --resume --set out_dir=build/f16d5-cpu-part-c
+	$(PY) -m spice.release --half --run build/f16d5-cpu-part-c --out weights/f16d5-cpu/part-c
 # ---- end reference ---------------------------------------------------------------------------------
