@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from spice.cluster import cluster_event
 from spice.metrics import score_event
+from spice.provenance import cpu_model
 
 PAPER_S = 0.6
 THRESHOLDS = {0: (0.65, 0.29), 1: (0.5, 0.087), 2: (0.25, 0.036), 3: (0.85, 0.27), 4: (0.0, 0.087)}  # Table II
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     fast, fast_cpu = time_per_event(lambda o, s: cluster_event(o, s, THRESHOLDS), items)
     plain, plain_cpu = time_per_event(plain_event, items, repeat=2)
     n_clusters = float(np.mean([cluster_event(o, s, THRESHOLDS).max() + 1 for o, s in items]))
-    res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads 1",
+    res = {"machine": f"{cpu_model()}, {os.cpu_count()} cores, torch threads 1",
            "voxels_per_event": float(np.mean([len(s) for _, s in items])), "instances_per_event": 25,
            "predicted_clusters_per_event": n_clusters, "events": len(items),
            "cpu_cluster_wall_s_per_event": fast, "cpu_cluster_cpu_s_per_event": fast_cpu,

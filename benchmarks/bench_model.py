@@ -30,6 +30,7 @@ import torch
 
 from spice.data.event import Event, collate
 from spice.model import SPICE, count_parameters
+from spice.provenance import cpu_model
 
 PAPER_ITER_S = 10.0  # V100, batch 32 (paper)
 CONFIGS = {"paper F32 D6": dict(filters=32, depth=6), "demo F16 D5": dict(filters=16, depth=5)}
@@ -196,7 +197,7 @@ def speedups(rows: list[dict]) -> list[dict]:
 def machine(device: torch.device) -> dict:
     info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                 cpu_count=os.cpu_count(), torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                python=platform.python_version(), load_average=os.getloadavg())
+                python=platform.python_version(), load_average=os.getloadavg(), cpu_model=cpu_model())
     if device.type == "cuda":
         info["cuda_device"] = torch.cuda.get_device_name(device)
     return info

@@ -28,6 +28,7 @@ import torch
 from spice.data import collate
 from spice.data.synthetic import generate
 from spice.model import SPICE
+from spice.provenance import cpu_model
 from spice.sparse import torch_backend as tb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +177,7 @@ def main(argv=None) -> Path:
              or (r["table_over_pairs"] < 0.9 and r["picked"] == "pairs")]
     summary = (f"{len(rows)} cases; the rule picks the slower route by more than 10% in {len(wrong)}; "
                f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end; "
-               f"{ns.threads} thread(s), {platform.processor() or platform.machine()}")
+               f"{ns.threads} thread(s), {cpu_model()}")
     print(summary)
     suffix = "_cuda" if ns.device == "cuda" else f"_cpu_{ns.threads}t"
     out = ns.out

@@ -35,6 +35,7 @@ from spice.data import collate
 from spice.data.synthetic import generate
 from spice.losses import SPICELoss
 from spice.model import SPICE
+from spice.provenance import cpu_model
 from spice.train import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,11 +240,7 @@ def machine(device: torch.device) -> dict:
     info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                 cpu_count=os.cpu_count(), torch=torch.__version__, torch_threads=torch.get_num_threads(),
                 python=platform.python_version())
-    try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                 if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    info["cpu_model"] = cpu_model()
     if device.type == "cuda":
         info["cuda_device"] = torch.cuda.get_device_name(device)
     return info

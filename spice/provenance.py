@@ -89,10 +89,24 @@ def stale_sidecars(directory: Path, repo: Path = REPO_ROOT) -> list[str]:
     return lines
 
 
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) Processor"), read from Linux's `cpuinfo`;
+    elsewhere, or where it names none, the architecture ("x86_64", "arm64")."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() in ("model name", "Model") and value.strip() and not value.strip().isdigit():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_info() -> dict:
     """The machine the numbers were computed on: CPU model/cores and CUDA devices (if any)."""
     info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+            "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count()}
     try:
         import torch
         info["torch_threads"] = torch.get_num_threads()

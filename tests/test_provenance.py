@@ -1,5 +1,6 @@
 """Provenance: what makes a tree "dirty", and the index's warnings about stale figure sidecars (temporary git repos)."""
 import json
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -121,3 +122,15 @@ def test_index_command_warns_on_stderr(tmp_path, capsys):
     assert nbrun.main(["index", "--figures", str(figures)]) == 0
     err = capsys.readouterr().err
     assert err.startswith("warning: ") and "fig01_event.json" in err
+
+
+def test_cpu_model_reads_the_model_name_and_falls_back_to_the_architecture(tmp_path):
+    from spice.provenance import cpu_model
+    intel = tmp_path / "intel"
+    intel.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel\t\t: 143\n"
+                     "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx512f\n")
+    assert cpu_model(intel) == "Intel(R) Xeon(R) Processor"
+    bare = tmp_path / "bare"
+    bare.write_text("processor\t: 0\nmodel\t\t: 2\n")
+    assert cpu_model(bare) == (platform.processor() or platform.machine())
+    assert cpu_model(tmp_path / "absent") == (platform.processor() or platform.machine())
