@@ -31,7 +31,7 @@ help:
 	@echo "make reference-part-a - remake part A itself, weights/reference-cpu/part-a (about 60 min)"
 	@echo "make depth5-part-a / -b / -c / -d - the depth ablation F12 D5, weights/depth5-cpu/part-* (about 30 / 30 / 45 / 35 min)"
 	@echo "make depth5 - its part E, weights/depth5-cpu, from the committed part D (about 60 min)"
-	@echo "make f16d5-part-a / -b / -c - the width at depth 5, F16 D5, weights/f16d5-cpu/part-* (float16 weights)"
+	@echo "make f16d5-part-a / -b / -c / -d, make f16d5 - the width at depth 5, F16 D5, weights/f16d5-cpu (float16 weights; D and E not run yet)"
 
 env: $(ENV_READY)
 
@@ -160,7 +160,7 @@ depth5-part-d: $(ENV_READY)
 	$(PY) -m spice train --config configs/depth5_cpu_part_d.yaml --resume --set out_dir=build/depth5-cpu-part-d
 	$(PY) -m spice.release --run build/depth5-cpu-part-d --out weights/depth5-cpu/part-d
 # F16 D5 (6.8M parameters): released in float16 (--half) to stay under 15 MiB.
-.PHONY: f16d5-part-a f16d5-part-b f16d5-part-c
+.PHONY: f16d5 f16d5-part-a f16d5-part-b f16d5-part-c f16d5-part-d
 f16d5-part-a: $(ENV_READY)
 	$(PY) -m spice train --config configs/f16d5_cpu_part_a.yaml --resume --set out_dir=build/f16d5-cpu-part-a
 	$(PY) -m spice.release --half --run build/f16d5-cpu-part-a --out weights/f16d5-cpu/part-a
@@ -172,4 +172,12 @@ f16d5-part-c: $(ENV_READY)
 	test -f weights/f16d5-cpu/part-b/checkpoint.pt || $(MAKE) f16d5-part-b
 	$(PY) -m spice train --config configs/f16d5_cpu_part_c.yaml --resume --set out_dir=build/f16d5-cpu-part-c
 	$(PY) -m spice.release --half --run build/f16d5-cpu-part-c --out weights/f16d5-cpu/part-c
+f16d5-part-d: $(ENV_READY)
+	test -f weights/f16d5-cpu/part-c/checkpoint.pt || $(MAKE) f16d5-part-c
+	$(PY) -m spice train --config configs/f16d5_cpu_part_d.yaml --resume --set out_dir=build/f16d5-cpu-part-d
+	$(PY) -m spice.release --half --run build/f16d5-cpu-part-d --out weights/f16d5-cpu/part-d
+f16d5: $(ENV_READY)
+	test -f weights/f16d5-cpu/part-d/checkpoint.pt || $(MAKE) f16d5-part-d
+	$(PY) -m spice train --config configs/f16d5_cpu.yaml --resume --set out_dir=build/f16d5-cpu
+	$(PY) -m spice.release --half --run build/f16d5-cpu --out weights/f16d5-cpu
 # ---- end reference ---------------------------------------------------------------------------------
