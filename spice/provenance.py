@@ -94,8 +94,8 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     elsewhere, or where it names none, the architecture ("x86_64", "arm64")."""
     try:
         for line in Path(cpuinfo).read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep and key.strip() in ("model name", "Model") and value.strip() and not value.strip().isdigit():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model") and value.strip():  # x86 / ARM spelling
                 return value.strip()
     except OSError:
         pass
