@@ -6,14 +6,17 @@ labels (SPEC §5) and per-class thresholds {class: (s0, p0)} from `spice tune`.
 
     spice evaluate --checkpoint C --data FILES --thresholds T.json --out frame.csv
     torchrun --nproc-per-node N -m spice evaluate ...   # sharded over N processes, rank 0 writes the frame
+    spice evaluate ... --symmetries 8                   # outputs averaged over the cube's 8 reflections
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -23,10 +26,13 @@ import torch
 from tqdm import tqdm
 
 from spice import distributed
+from spice.augment import N_SYMMETRIES, symmetry, unsymmetry_points
 from spice.cluster import OUTPUT_KEYS, cluster_event
 from spice.data.event import Event, collate
 from spice.metrics import score_event
 
+SYMMETRIES_HELP = ("average the network's outputs over the first K of the cube's 48 symmetries "
+                   "(1: off, as in the paper; 8: the reflections; K times the network time)")
 FRAME_COLUMNS = ("event", "source", "class", "class_name", "ari", "purity", "efficiency", "sbd", "n_true",
                  "n_pred", "n_voxels", "net_time_s", "cluster_time_s", "device", "method")
 
@@ -36,23 +42,39 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def forward_events(model: torch.nn.Module, events: Sequence[Event], device="cpu") -> tuple[list[dict], float]:
-    """Run the network once on the collated events; returns per-event dicts of torch tensors on
-    `device` (embedding (N,3), margin (N,), seediness (N,)) and the wall time of the forward (s)."""
-    batch = collate(list(events)).to(device)
-    with torch.no_grad():
-        _sync(device)
-        t0 = time.perf_counter()
-        out = model(batch)
-        _sync(device)
-        dt = time.perf_counter() - t0
+def forward_events(model: torch.nn.Module, events: Sequence[Event], device="cpu",
+                   symmetries: int = 1) -> tuple[list[dict], float]:
+    """Run the network on the collated events; returns per-event dicts of torch tensors on `device`
+    (embedding (N,3), margin (N,), seediness (N,)) and the wall time of the forward(s) (s).
+
+    symmetries = K > 1 runs it K times, on the images of the events under the first K cube symmetries
+    (spice.augment.symmetry; K = 8: the 8 reflections, 48: all), maps each embedding back to the
+    events' frame (spice.augment.unsymmetry_points) and averages embedding, margin and seediness."""
+    if not 1 <= symmetries <= N_SYMMETRIES:
+        raise ValueError(f"symmetries must be in 1..{N_SYMMETRIES}, got {symmetries}")
+    events = list(events)
+    half = getattr(model, "spatial_size", events[0].spatial_size if events else 0) / 2
+    sums, dt = None, 0.0
+    for k in range(symmetries):
+        shown = events if k == 0 else [replace(ev, coords=symmetry(ev.coords, k, ev.spatial_size)) for ev in events]
+        batch = collate(shown).to(device)
+        with torch.no_grad():
+            _sync(device)
+            t0 = time.perf_counter()
+            out = model(batch)
+            _sync(device)
+            dt += time.perf_counter() - t0
+            emb = out["embedding"].float()
+            if k:
+                emb = unsymmetry_points(emb, k, batch.spatial_size, half)
+        parts = (emb, out["margin"].reshape(-1).float(), out["seediness"].reshape(-1).float())
+        sums = parts if sums is None else tuple(a + b for a, b in zip(sums, parts))
+    emb, margin, seed = (x / symmetries for x in sums) if symmetries > 1 else sums
     off = batch.offsets.tolist()
     per_event = []
     for b in range(len(events)):
         sl = slice(off[b], off[b + 1])
-        per_event.append({"embedding": out["embedding"][sl].float(),
-                          "margin": out["margin"][sl].reshape(-1).float(),
-                          "seediness": out["seediness"][sl].reshape(-1).float()})
+        per_event.append({"embedding": emb[sl], "margin": margin[sl], "seediness": seed[sl]})
     return per_event, dt
 
 
@@ -60,16 +82,18 @@ def _numpy(outputs: Mapping) -> dict:
     return {k: outputs[k].detach().cpu().numpy() for k in OUTPUT_KEYS}
 
 
-def predict(model: torch.nn.Module, event: Event, device="cpu") -> dict:
+def predict(model: torch.nn.Module, event: Event, device="cpu", symmetries: int = 1) -> dict:
     """Network outputs of one event as numpy: embedding (N,3), margin (N,), seediness (N,), plus
-    net_time_s (float, CUDA-synchronised wall time of the forward). The model must be on `device`."""
-    (out,), dt = forward_events(model, [event], device)
+    net_time_s (float, CUDA-synchronised wall time of the forward). The model must be on `device`;
+    `symmetries` as in `forward_events`."""
+    (out,), dt = forward_events(model, [event], device, symmetries)
     return {**_numpy(out), "net_time_s": dt}
 
 
-def predict_and_cluster(model: torch.nn.Module, event: Event, thresholds: Mapping, device="cpu") -> tuple[dict, np.ndarray]:
+def predict_and_cluster(model: torch.nn.Module, event: Event, thresholds: Mapping, device="cpu",
+                        symmetries: int = 1) -> tuple[dict, np.ndarray]:
     """(outputs as in `predict`, predicted instance labels (N,) int64) for displays."""
-    out = predict(model, event, device)
+    out = predict(model, event, device, symmetries)
     return out, cluster_event(out, event.semantic, thresholds)
 
 
@@ -89,8 +113,9 @@ def frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def evaluate(model: torch.nn.Module, dataset, thresholds: Mapping, device="cpu", min_voxels: int = 10,
-             batch_size: int = 1, progress: bool = True) -> pd.DataFrame:
+             batch_size: int = 1, progress: bool = True, symmetries: int = 1) -> pd.DataFrame:
     """One row per (event, class) for every event of `dataset` (indexable, `len`, [i] -> Event).
+    `symmetries` > 1 averages the network's outputs over that many cube symmetries (`forward_events`).
 
     The network runs on batches of `batch_size` consecutive events; each event's net_time_s is its
     batch's time divided by the batch size. Clustering runs on `device` (CUDA-synchronised
@@ -105,7 +130,7 @@ def evaluate(model: torch.nn.Module, dataset, thresholds: Mapping, device="cpu",
     for idx in tqdm(batches[ctx.rank::ctx.world_size], disable=not (progress and ctx.is_main), desc="evaluate",
                     unit="batch"):
         events = [dataset[i] for i in idx]
-        outs, dt = forward_events(model, events, device)
+        outs, dt = forward_events(model, events, device, symmetries)
         for i, ev, out in zip(idx, events, outs):
             _sync(device)
             t0 = time.perf_counter()
@@ -219,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="only events [START, STOP) of the files taken together (a split of them)")
     ap.add_argument("--timeout", type=float, default=600.0,
                     help="seconds a rank waits for the others (under torchrun / srun)")
+    ap.add_argument("--symmetries", type=int, default=1, help=SYMMETRIES_HELP)
     args = ap.parse_args(argv)
 
     from spice.data import EventDataset
@@ -232,8 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_events is not None:
             dataset = torch.utils.data.Subset(dataset, range(min(args.max_events, len(dataset))))
         model = load_model(args.checkpoint, device=device)
-        df = evaluate(model, dataset, load_thresholds(args.thresholds), device=device,
-                      min_voxels=args.min_voxels, batch_size=args.batch_size)
+        thresholds = load_thresholds(args.thresholds)
+        tuned_with = json.loads(Path(args.thresholds).read_text()).get("symmetries", 1)
+        if tuned_with != args.symmetries and ctx.is_main:
+            print(f"warning: {args.thresholds} was tuned with --symmetries {tuned_with}, "
+                  f"evaluating with --symmetries {args.symmetries}", file=sys.stderr)
+        df = evaluate(model, dataset, thresholds, device=device,
+                      min_voxels=args.min_voxels, batch_size=args.batch_size, symmetries=args.symmetries)
     except (distributed.DistError, RuntimeError) as err:
         if not distributed.collective_failed(err):
             raise

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from spice import distributed
 from spice.cluster import OUTPUT_KEYS, fit_predict_path
-from spice.evaluate import load_thresholds, predict, save_frame, save_thresholds
+from spice.evaluate import SYMMETRIES_HELP, load_thresholds, predict, save_frame, save_thresholds
 from spice.metrics import METRICS, contingency, scores, scoring_mask
 
 __all__ = ["DEFAULT_P0", "DEFAULT_S0", "choose", "event_scores", "grid_search", "load_thresholds", "main",
@@ -53,11 +53,12 @@ def scored_classes(event, min_voxels: int = 10, classes: Sequence[int] | None = 
             yield c, idx, keep, event.instance[idx][keep]
 
 
-def _outputs(model_or_outputs, events: Sequence, index: Sequence[int], device, progress: bool = False) -> list[dict]:
+def _outputs(model_or_outputs, events: Sequence, index: Sequence[int], device, progress: bool = False,
+             symmetries: int = 1) -> list[dict]:
     """Output dicts of events[i] for i in `index`: from the model (run here) or picked from the list."""
     if isinstance(model_or_outputs, torch.nn.Module):
         model = model_or_outputs.to(device).eval()
-        return [predict(model, events[i], device) for i in tqdm(index, desc="network", leave=False,
+        return [predict(model, events[i], device, symmetries) for i in tqdm(index, desc="network", leave=False,
                                                                 disable=not progress)]
     outputs = list(model_or_outputs)
     if len(outputs) != len(events):
@@ -82,11 +83,13 @@ def event_scores(event, outputs, s0_grid: Sequence[float], p0_grid: Sequence[flo
 
 def grid_search(model_or_outputs, events: Sequence, s0_grid=DEFAULT_S0, p0_grid=DEFAULT_P0,
                 objective: str = "sbd", classes: Sequence[int] | None = None, device="cpu",
-                min_voxels: int = 10, progress: bool = False) -> tuple[pd.DataFrame, dict[int, tuple[float, float]]]:
+                min_voxels: int = 10, progress: bool = False,
+                symmetries: int = 1) -> tuple[pd.DataFrame, dict[int, tuple[float, float]]]:
     """Grid-search (s0, p0) per semantic class.
 
     model_or_outputs: a SPICE model (run once per event on `device`) or a list of per-event output
-    dicts (embedding (N,3), margin (N,), seediness (N,)) aligned with `events`. Voxels of each class
+    dicts (embedding (N,3), margin (N,), seediness (N,)) aligned with `events`; a model's outputs are
+    averaged over `symmetries` cube symmetries (spice.evaluate.forward_events). Voxels of each class
     are clustered as in evaluation and scored on `spice.metrics.scoring_mask` voxels.
     Returns (grid DataFrame [class, s0, p0, score, n] with the mean objective over the n events
     where the class is scored, {class: (s0, p0)}). In a process group (spice.distributed) the events
@@ -99,7 +102,7 @@ def grid_search(model_or_outputs, events: Sequence, s0_grid=DEFAULT_S0, p0_grid=
     events = events if hasattr(events, "__getitem__") else list(events)  # lazy datasets stay lazy
     ctx = distributed.current()
     mine = distributed.shard(len(events), ctx)
-    outputs = _outputs(model_or_outputs, events, mine, device, progress and ctx.is_main)
+    outputs = _outputs(model_or_outputs, events, mine, device, progress and ctx.is_main, symmetries)
     per_event = [(i, event_scores(events[i], out, s0_grid, p0_grid, objective, classes, min_voxels))
                  for i, out in tqdm(list(zip(mine, outputs)), disable=not (progress and ctx.is_main), desc="tune")]
     if ctx.distributed:
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--timeout", type=float, default=600.0,
                     help="seconds a rank waits for the others (under torchrun / srun)")
+    ap.add_argument("--symmetries", type=int, default=1, help=SYMMETRIES_HELP)
     args = ap.parse_args(argv)
 
     from spice.data import EventDataset
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.checkpoint, device=device)
         grid, thresholds = grid_search(model, events, np.linspace(0, 1, args.s0_steps),
                                        np.linspace(0, 0.6, args.p0_steps), objective=args.objective,
-                                       device=device, min_voxels=args.min_voxels, progress=True)
+                                       device=device, min_voxels=args.min_voxels, progress=True,
+                                       symmetries=args.symmetries)
     except (distributed.DistError, RuntimeError) as err:
         if not distributed.collective_failed(err):
             raise
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.is_main:
         labels = list(events[0].labels) if events else []
         save_thresholds(thresholds, args.out, objective=args.objective, n_events=len(events), labels=labels,
-                        checkpoint=str(args.checkpoint))
+                        checkpoint=str(args.checkpoint), symmetries=args.symmetries)
         if args.grid_out:
             save_frame(grid, args.grid_out)
         print(choose(grid, ["s0", "p0"]).to_string(index=False))

@@ -1,8 +1,9 @@
 """Augmentation by the cube's symmetries, the lazy synthetic stream and the learning-rate schedule."""
 import numpy as np
 import pytest
+import torch
 
-from spice.augment import N_SYMMETRIES, augment_event, symmetry
+from spice.augment import N_SYMMETRIES, augment_event, symmetry, unsymmetry_points
 from spice.data.synthetic import SyntheticEvents, generate
 from spice.train import AugmentedView, BatchStream, TrainConfig, learning_rate
 
@@ -29,6 +30,23 @@ def test_symmetry_known_answer():
     assert symmetry(pts, 0, 10).tolist() == [[1, 2, 3]]           # identity
     assert symmetry(pts, 1, 10).tolist() == [[8, 2, 3]]           # x reflected: 10 - 1 - 1
     assert symmetry(pts, 8 * 5, 10).tolist() == [[3, 2, 1]]       # permutation (2, 1, 0)
+
+
+@pytest.mark.parametrize("L, model_grid", [(10, 10), (10, 16)])
+def test_unsymmetry_points_inverts_every_symmetry(L, model_grid):
+    """Normalised coordinates (x − h)/h of a voxel's image under k, mapped back, are those of the voxel
+    itself, also when the model's grid (h = model_grid/2) is larger than the event's."""
+    rng = np.random.default_rng(3)
+    pts = rng.integers(0, L, size=(20, 3))
+    h = model_grid / 2
+    xhat = torch.as_tensor((pts - h) / h)
+    for k in range(N_SYMMETRIES):
+        image = torch.as_tensor((symmetry(pts, k, L) - h) / h)
+        torch.testing.assert_close(unsymmetry_points(image, k, L, h), xhat)
+    # a point off the voxels, x reflected (k = 1) on a 10-grid, h = 5: x -> 9 − x is x̂ -> −0.2 − x̂
+    assert unsymmetry_points(torch.tensor([[-0.3, 0.5, 0.7]]), 1, 10, 5.0)[0].tolist() == pytest.approx([0.1, 0.5, 0.7])
+    with pytest.raises(ValueError, match="48"):
+        unsymmetry_points(xhat, 48, L, h)
 
 
 def test_augmented_event_keeps_labels_and_stays_in_grid():

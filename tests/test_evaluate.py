@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from spice.data import Event, write_pilarnet_m
-from spice.evaluate import FRAME_COLUMNS, evaluate, instance_table, load_frame, main, predict, save_frame
+from spice.evaluate import (FRAME_COLUMNS, evaluate, forward_events, instance_table, load_frame, main, predict,
+                            save_frame)
 from spice.metrics import score_event
 from spice.model import SPICE
 
@@ -137,6 +138,37 @@ def test_save_frame_round_trip(tmp_path, events, name):
         save_frame(df, tmp_path / "f.txt")
 
 
+def test_symmetry_average_of_an_equivariant_network_is_the_network(events):
+    """The oracle's embedding (each instance's centroid) moves with the event, so averaging it over the
+    cube's symmetries, each mapped back, gives it again; the frame stays perfect."""
+    plain, _ = forward_events(Oracle(), events[:3])
+    for k in (8, 48):
+        averaged, _ = forward_events(Oracle(), events[:3], symmetries=k)
+        for a, b in zip(plain, averaged):
+            for key in ("embedding", "margin", "seediness"):
+                torch.testing.assert_close(b[key], a[key].reshape(b[key].shape))
+    df = evaluate(Oracle(), events, THRESHOLDS, progress=False, symmetries=8)
+    assert (df.ari == 1).all() and len(df) > 5
+    with pytest.raises(ValueError, match="symmetries"):
+        forward_events(Oracle(), events[:1], symmetries=49)
+
+
+def test_symmetry_average_of_a_network(events):
+    """An untrained SPICE is not equivariant: its 8-reflection average differs from one pass, keeps the
+    shapes and ranges (margin in (0, 2), seediness in (0, 1)), and a symmetric pair of passes is the
+    same whichever event of the pair it starts from."""
+    torch.manual_seed(0)
+    model = SPICE(filters=4, depth=2, reps=1, spatial_size=L).eval()
+    one = predict(model, events[0])
+    eight = predict(model, events[0], symmetries=8)
+    assert eight["embedding"].shape == one["embedding"].shape and not np.allclose(eight["embedding"], one["embedding"])
+    assert 0 < eight["margin"].min() and eight["margin"].max() < 2 and 0 < eight["seediness"].min() < 1
+    mirrored = dataclasses.replace(events[0], coords=L - 1 - events[0].coords)  # symmetry 7: all axes reflected
+    a = forward_events(model, [events[0]], symmetries=8)[0][0]["seediness"]
+    b = forward_events(model, [mirrored], symmetries=8)[0][0]["seediness"]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_cli(tmp_path, events):
     torch.manual_seed(0)
     args = {"filters": 4, "depth": 2, "reps": 1, "spatial_size": L}
@@ -151,6 +183,22 @@ def test_cli(tmp_path, events):
     df = load_frame(out)
     assert list(df.columns) == list(FRAME_COLUMNS) and set(df.event) == {0, 1}
     assert df[["ari", "purity", "efficiency", "sbd"]].notna().all().all()
+
+
+def test_cli_symmetries_warns_on_thresholds_tuned_without(tmp_path, events, capsys):
+    torch.manual_seed(0)
+    args = {"filters": 4, "depth": 2, "reps": 1, "spatial_size": L}
+    torch.save({"model_args": args, "model": SPICE(**args).state_dict()}, tmp_path / "c.pt")
+    data = write_pilarnet_m(events[:2], tmp_path / "ev.h5")
+    (tmp_path / "t.json").write_text(json.dumps({"thresholds": {"0": [0.3, 0.2], "1": [0.3, 0.2], "2": [0.3, 0.2]}}))
+    common = ["--checkpoint", str(tmp_path / "c.pt"), "--data", str(data), "--thresholds", str(tmp_path / "t.json"),
+              "--min-voxels", "5"]
+    assert main(common + ["--out", str(tmp_path / "f8.csv"), "--symmetries", "8"]) == 0
+    assert "tuned with --symmetries 1, evaluating with --symmetries 8" in capsys.readouterr().err
+    assert main(common + ["--out", str(tmp_path / "f1.csv")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    f1, f8 = load_frame(tmp_path / "f1.csv"), load_frame(tmp_path / "f8.csv")
+    assert list(zip(f1.event, f1["class"])) == list(zip(f8.event, f8["class"]))
 
 
 DATA = Path(os.environ.get("SPICE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data"))

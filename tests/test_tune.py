@@ -89,6 +89,9 @@ def test_model_runs_once_per_event(events):
     grid, th = grid_search(Counting(), events, S0, P0, min_voxels=5)
     assert calls == [1] * len(events)
     assert grid.score.max() == 1.0  # oracle outputs cluster perfectly somewhere on the grid
+    calls.clear()  # averaged over 8 reflections: 8 passes per event, the same perfect grid point
+    grid8, th8 = grid_search(Counting(), events, S0, P0, min_voxels=5, symmetries=8)
+    assert calls == [1] * 8 * len(events) and grid8.score.max() == 1.0
 
 
 def test_thresholds_json_round_trip(tmp_path):
@@ -122,6 +125,10 @@ def test_cli(tmp_path, events):
         assert (s0, p0) == min(zip(top.s0, top.p0))
     doc = json.loads(out.read_text())
     assert doc["objective"] == "sbd" and doc["n_events"] == 2 and doc["checkpoint"] == str(tmp_path / "c.pt")
+    assert doc["symmetries"] == 1
+    assert main(["--checkpoint", str(tmp_path / "c.pt"), "--data", str(data), "--out", str(tmp_path / "t8.json"),
+                 "--s0-steps", "3", "--p0-steps", "3", "--min-voxels", "5", "--symmetries", "8"]) == 0
+    assert json.loads((tmp_path / "t8.json").read_text())["symmetries"] == 8
 
 
 def test_default_grid_spans_spec_ranges():
