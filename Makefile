@@ -32,7 +32,8 @@ help:
 	@echo "make reference-part-a - remake part A itself, weights/reference-cpu/part-a (about 60 min)"
 	@echo "make depth5-part-a / -b / -c / -d - the depth ablation F12 D5, weights/depth5-cpu/part-* (about 30 / 30 / 45 / 35 min)"
 	@echo "make depth5 - its part E, weights/depth5-cpu, from the committed part D (about 60 min)"
-	@echo "make f16d5-part-a / -b / -c / -d, make f16d5 - the width at depth 5, F16 D5, weights/f16d5-cpu (float16 weights; D and E not run yet)"
+	@echo "make f16d5-part-a / -b / -c / -d, make f16d5 - the width at depth 5, F16 D5, weights/f16d5-cpu (float16 weights)"
+	@echo "make margin - the margin ablation, weights/margin-cpu: the reference trained on with the smoothing term weighted 0.1 (about an hour)"
 
 env: $(ENV_READY)
 
@@ -187,4 +188,9 @@ f16d5: $(ENV_READY)
 	test -f weights/f16d5-cpu/part-d/checkpoint.pt || $(MAKE) f16d5-part-d
 	$(PY) -m spice train --config configs/f16d5_cpu.yaml --resume --set out_dir=build/f16d5-cpu
 	$(PY) -m spice.release --half --run build/f16d5-cpu --out weights/f16d5-cpu
+# The margin ablation: the released reference trained on with the smoothing term weighted 0.1 (configs/margin_cpu.yaml).
+.PHONY: margin
+margin: $(ENV_READY)
+	$(PY) -m spice train --config configs/margin_cpu.yaml --resume --set out_dir=build/margin-cpu
+	$(PY) -m spice.release --run build/margin-cpu --out weights/margin-cpu
 # ---- end reference ---------------------------------------------------------------------------------

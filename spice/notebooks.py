@@ -234,7 +234,7 @@ CATALOG = [
     ("Table III (mean purity / efficiency / ARI)", "04_evaluate", ["table3_metrics"]),
     ("Fraction of particles with ARI > 0.92", "04_evaluate", ["table_ari_fraction"]),
     ("Figure 5 (metric distributions, log y)", "04_evaluate", ["fig05_metric_distributions"]),
-    ("Figure 6 (margin vs true extent)", "05_margins", ["fig06_margin_extent"]),
+    ("Figure 6 (margin vs true extent)", "05_margins", ["fig06_margin_extent", "table_margins"]),
     ("Figure 7 (predicted vs true instance count)", "04_evaluate", ["fig07_count_confusion"]),
     ("Figure 8 (metrics vs true instance count)", "04_evaluate", ["fig08_metrics_vs_count"]),
     ("Figure 4 (event and its embedding)", "06_displays", ["fig04_embedding"]),

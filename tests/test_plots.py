@@ -161,6 +161,21 @@ def test_fraction_above_matches_hand_count():
     assert overall["fraction_particles_ari_gt_0.92"].item() == pytest.approx(w)
 
 
+def test_margin_table_spread_and_rank_correlation_by_hand():
+    extent = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    inst = pd.DataFrame({"class": [0] * 5 + [2] * 5, "extent_voxels": np.r_[extent, extent],
+                         # HIP: margin rises with extent; Shower: one margin for every instance
+                         "mean_margin_voxels": np.r_[[10.0, 20.0, 30.0, 50.0, 40.0], [27.0] * 5]})
+    out = tables.margin_table({"net": inst}, PILARNET_FIVETYPES)
+    hip, shower = (out[out["class_name"] == name].iloc[0] for name in ("HIP", "Shower"))
+    assert hip["instances"] == 5 and hip["extent_median_voxels"] == 3.0
+    assert hip["margin_median_voxels"] == 30.0
+    assert hip["margin_p5_voxels"] == pytest.approx(12.0) and hip["margin_p95_voxels"] == pytest.approx(48.0)
+    assert hip["margin_relative_spread"] == pytest.approx(36.0 / 30.0)
+    assert hip["spearman_margin_extent"] == pytest.approx(0.9)   # ranks 1 2 3 5 4: 1 − 6·2/(5·24)
+    assert shower["margin_relative_spread"] == 0.0 and np.isnan(shower["spearman_margin_extent"])
+
+
 def test_thresholds_table_next_to_paper():
     t2 = tables.thresholds_table({0: (0.6, 0.3), 2: (0.2, 0.05)}, PILARNET_FIVETYPES)
     assert t2["class_name"].tolist() == ["HIP", "Shower"]
