@@ -44,7 +44,7 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, metric: str = "ari") -> pd.DataFram
         se = d.std(ddof=1) / np.sqrt(d.size) if d.size >= 2 else np.nan
         rows.append({"class_name": name, "n": d.size, f"{metric} A": both.loc[idx, f"{metric} A"].mean(),
                      f"{metric} B": both.loc[idx, f"{metric} B"].mean(), "B − A": d.mean(), "standard error": se,
-                     "(B − A) / se": d.mean() / se if se and se > 0 else np.nan})
+                     "(B − A) / se": d.mean() / se if se > 0 else np.nan})
     return pd.DataFrame(rows)
 
 
