@@ -34,6 +34,8 @@ help:
 	@echo "make depth5 - its part E, weights/depth5-cpu, from the committed part D (about 60 min)"
 	@echo "make f16d5-part-a / -b / -c / -d, make f16d5 - the width at depth 5, F16 D5, weights/f16d5-cpu (float16 weights)"
 	@echo "make margin - the margin ablation, weights/margin-cpu: the reference trained on with the smoothing term weighted 0.1 (about an hour)"
+	@echo "make margin-control - its control, weights/margin-control-cpu: the same run with the smoothing term at 1 (about an hour)"
+	@echo "make inter - the inter-cluster ablation, weights/inter-cpu: the control with the inter-cluster term weighted 20 (about an hour)"
 
 env: $(ENV_READY)
 
@@ -193,4 +195,16 @@ f16d5: $(ENV_READY)
 margin: $(ENV_READY)
 	$(PY) -m spice train --config configs/margin_cpu.yaml --resume --set out_dir=build/margin-cpu
 	$(PY) -m spice.release --run build/margin-cpu --out weights/margin-cpu
+
+# Its control: the same 1650 iterations with the smoothing term at its SPEC weight (configs/margin_control_cpu.yaml).
+.PHONY: margin-control
+margin-control: $(ENV_READY)
+	$(PY) -m spice train --config configs/margin_control_cpu.yaml --resume --set out_dir=build/margin-control-cpu
+	$(PY) -m spice.release --run build/margin-control-cpu --out weights/margin-control-cpu
+
+# The inter-cluster ablation: the control with the inter-cluster term weighted 20 (configs/inter_cpu.yaml).
+.PHONY: inter
+inter: $(ENV_READY)
+	$(PY) -m spice train --config configs/inter_cpu.yaml --resume --set out_dir=build/inter-cpu
+	$(PY) -m spice.release --run build/inter-cpu --out weights/inter-cpu
 # ---- end reference ---------------------------------------------------------------------------------

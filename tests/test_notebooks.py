@@ -127,7 +127,7 @@ def test_smoke_profile_runs_every_notebook(tmp_path, capfd):
     kept = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "spice train: 100%" in kept and "\r" not in kept
     for stem in ("table1_dataset", "table2_thresholds", "table3_metrics", "table_ari_fraction", "table_baseline",
-                 "table_timing", "table_architecture"):
+                 "table_timing", "table_architecture", "table_error_budget", "table_instance_fates"):
         for ext in (".csv", ".md", ".tex", ".json"):
             assert (figures / (stem + ext)).exists(), stem + ext
     for stem in ("fig01_event", "fig03_architecture", "fig04_embedding", "fig05_metric_distributions",
