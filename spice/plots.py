@@ -296,9 +296,10 @@ def fig_method_comparison(frame: pd.DataFrame, metrics=("purity", "efficiency", 
 # ----------------------------------------------------------------------------------------- data and training
 def fig_dataset_comparison(real: dict, generated: dict, title: str = "real sample vs generated events") -> plt.Figure:
     """Distributions of `spice.data.summary.statistics` for the real sample and generated events of the
-    same grid: voxels per event, instance size per class (log x), energy per voxel, 26-neighbour degree.
-    Histograms are normalised to unit area so samples of different sizes compare."""
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), constrained_layout=True)
+    same grid: voxels per event, instance size per class (log x), energy per voxel, 26-neighbour degree,
+    and the 26-connected fragments of each shower instance (log x). Histograms are normalised to unit
+    area so samples of different sizes compare."""
+    fig, axes = plt.subplots(1, 5, figsize=(18, 3.6), constrained_layout=True)
     style = {"real": dict(color="k", histtype="step", lw=1.6), "generated": dict(color="C1", alpha=0.5)}
     for name, stats in (("generated", generated), ("real", real)):
         ev, inst, vox = stats["events"], stats["instances"], stats["voxels"]
@@ -309,8 +310,11 @@ def fig_dataset_comparison(real: dict, generated: dict, title: str = "real sampl
         axes[2].hist(np.log10(vox["energy_mev"].clip(lower=1e-3)), bins=np.linspace(-2.5, 1, 29), density=True,
                      **style[name])
         axes[3].hist(vox["degree"], bins=np.arange(-0.5, 27), density=True, **style[name])
+        showers = inst[inst["class_name"].str.lower() == "shower"] if len(inst) else inst
+        if len(showers):
+            axes[4].hist(np.log10(showers["fragments"]), bins=np.linspace(0, 3, 16), density=True, **style[name])
     for ax, xl in zip(axes, ("voxels per event", "log10 instance size (voxels)", "log10 energy per voxel (MeV)",
-                             "occupied 26-neighbours")):
+                             "occupied 26-neighbours", "log10 fragments per shower")):
         ax.set_xlabel(xl)
         ax.set_yticks([])
     axes[0].legend(fontsize=8)

@@ -228,3 +228,24 @@ def test_saved_figures_are_byte_identical_run_to_run(tmp_path):
         blobs.append([(tmp_path / f"run{k}" / f"fig.{ext}").read_bytes() for ext in ("png", "pdf")])
         time.sleep(1.1)
     assert blobs[0] == blobs[1]
+
+
+def test_dataset_comparison_histograms_shower_fragments():
+    from spice.data.summary import statistics
+
+    def event(shower_pieces):  # one shower instance made of `shower_pieces` isolated voxels, plus a track
+        coords = [[4 * i, 0, 0] for i in range(shower_pieces)] + [[0, 5 + i, 0] for i in range(12)]
+        n = len(coords)
+        sem = [2] * shower_pieces + [1] * 12
+        inst = [0] * shower_pieces + [1] * 12
+        return Event(np.array(coords, np.int64), np.full(n, 0.5, np.float32), np.array(sem, np.int64),
+                     np.array(inst, np.int64), 64)
+
+    real, gen = statistics([event(10)]), statistics([event(1), event(1)])
+    fig = plots.fig_dataset_comparison(real, gen)
+    ax = fig.axes[4]
+    assert ax.get_xlabel() == "log10 fragments per shower"
+    filled = [p for p in ax.patches if p.get_fill() and p.get_height() > 0]   # generated: bars
+    assert len(filled) == 1 and filled[0].get_x() == pytest.approx(0.0)       # both showers in one piece
+    step = [p for p in ax.patches if not p.get_fill()][0]                     # real: a step outline
+    assert step.get_path().vertices[:, 0].max() >= 1.0                         # reaches log10(10)

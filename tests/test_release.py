@@ -128,6 +128,18 @@ def test_compare_known_answer():
     # neighbours: a line has 2 per inner voxel and 1 at each end; the pair adds 1 each
     assert t.loc["occupied 26-neighbours per voxel (mean)", "real"] == pytest.approx(18 / 10)
     assert t.loc["occupied 26-neighbours per voxel (mean)", "generated"] == pytest.approx(20 / 12)
+    # the line is one piece of 5 MeV; the generated shower is one piece of 2 voxels and 2 MeV
+    assert t.loc["MIP: 26-connected fragments per 100 MeV", "real"] == pytest.approx(100 / 5)
+    assert t.loc["Shower: 26-connected fragments per 100 MeV", "generated"] == pytest.approx(100 / 2)
+    assert t.loc["MIP: share of an instance outside its largest fragment (mean)", "real"] == 0.0
+
+
+def test_fragments_counts_26_connected_pieces():
+    from spice.data.summary import fragments
+    # a corner-touching pair (26-connected), a lone voxel, and a line of three broken by a one-voxel gap
+    pts = np.array([[0, 0, 0], [1, 1, 1], [5, 5, 5], [9, 0, 0], [10, 0, 0], [12, 0, 0]], float)
+    assert fragments(pts).tolist() == [2, 2, 1, 1]
+    assert fragments(np.zeros((0, 3))).tolist() == []
 
 
 def test_half_release_loads_as_float32_and_fits_a_depth5_width16_network(tiny_run, tmp_path):

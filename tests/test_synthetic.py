@@ -211,3 +211,48 @@ def test_small_grids_are_true_scale_crops_of_a_512_world():
             matched = True
             break
         assert matched, f"event {index}: the 192 event is not a window of the 512 world"
+
+
+def test_photon_free_path_follows_nist_argon():
+    from spice.data.synthetic import photon_free_path_cm
+    # NIST XCOM argon, total with coherent: 0.06343 cm^2/g at 1 MeV, 0.03192 at 5 MeV; LAr 1.396 g/cm^3
+    assert photon_free_path_cm(1.0) == pytest.approx(1 / (0.06343 * 1.396), rel=0.01)
+    assert photon_free_path_cm(5.0) == pytest.approx(1 / (0.03192 * 1.396), rel=0.01)
+    k = np.geomspace(0.1, 10.0, 50)
+    assert np.all(np.diff(photon_free_path_cm(k)) > 0)            # harder photons fly further
+
+
+@pytest.mark.parametrize("k_mev", [0.3, 1.0, 5.0])
+def test_compton_energy_sharing_matches_klein_nishina(k_mev):
+    from spice.data.synthetic import _klein_nishina
+    # mean scattered-photon fraction <eps> from the Klein-Nishina cross-section integrated over cos(theta)
+    kappa = k_mev / 0.511
+    c = np.linspace(-1.0, 1.0, 200001)
+    p = 1.0 / (1.0 + kappa * (1.0 - c))
+    w = p ** 2 * (p + 1.0 / p - (1.0 - c ** 2))                     # d sigma / d cos(theta), up to a constant
+    expected = np.trapezoid(w * p, c) / np.trapezoid(w, c)
+    eps = _klein_nishina(np.random.default_rng(3), np.full(40000, k_mev))
+    assert eps.min() >= 1 / (1 + 2 * kappa) - 1e-12 and eps.max() <= 1.0
+    assert eps.mean() == pytest.approx(expected, abs=0.005)
+
+
+def test_compton_chain_gives_the_photon_energy_to_electrons():
+    from spice.data.synthetic import SynthConfig, _compton_chain
+    cfg = SynthConfig(threshold_mev=0.0)
+    n = 4000
+    k = np.full(n, 2.0)
+    pos, dirs, e, owner = _compton_chain(np.random.default_rng(0), cfg, np.zeros((n, 3)),
+                                         np.tile([1.0, 0, 0], (n, 1)), k, np.arange(n))
+    assert np.allclose(np.bincount(owner, e, minlength=n), 2.0)    # every photon ends absorbed
+    assert np.all(np.bincount(owner, minlength=n) >= 2)             # a 2 MeV photon scatters before it stops
+    first = np.unique(owner, return_index=True)[1]                  # first interaction: one free path on
+    assert np.mean(pos[first, 0]) * 0.3 == pytest.approx(1 / (0.04493 * 1.396), rel=0.05)
+
+
+def test_showers_break_into_compton_fragments():
+    from spice.data.summary import statistics
+    inst = statistics(generate(12, spatial_size=192, seed=21))["instances"]
+    shower = inst[inst.class_name == "Shower"]
+    # the real 192px sample holds ~40 fragments per 100 MeV of shower deposit (figures/table_real_vs_generated)
+    assert 100 * shower.fragments.sum() / shower.energy_mev.sum() > 15
+    assert shower.outside_largest.mean() > 0.1

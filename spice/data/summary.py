@@ -55,11 +55,28 @@ def _neighbour_degree(coords: np.ndarray) -> np.ndarray:
     return np.array([len(n) - 1 for n in tree.query_ball_point(coords, r=np.sqrt(3) + 1e-6, p=2)])
 
 
+def fragments(coords: np.ndarray) -> np.ndarray:
+    """(K,) voxel counts of the 26-connected pieces of one point set (N, 3), largest first."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+    if len(coords) == 0:
+        return np.zeros(0, np.int64)
+    pairs = cKDTree(coords).query_pairs(r=np.sqrt(3) + 1e-6, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(coords),) * 2)
+    _, piece = connected_components(graph, directed=False)
+    return np.sort(np.bincount(piece))[::-1]
+
+
+INSTANCE_COLUMNS = ["class", "class_name", "voxels", "energy_mev", "length_cm", "fragments", "outside_largest"]
+
+
 def statistics(events: list[Event]) -> dict[str, pd.DataFrame]:
     """Per-event and per-instance statistics: {"events": [voxels, energy_median_mev, degree_mean,
-    fraction_<class>...], "instances": [class, class_name, voxels, length_cm]}, "voxels": [energy_mev,
-    degree] (one row per voxel). Instances are labelled (instance >= 0) (class, instance) pairs;
-    length_cm is the extent along the principal axis times the 0.3 cm voxel pitch."""
+    fraction_<class>...], "instances": INSTANCE_COLUMNS}, "voxels": [energy_mev, degree] (one row per
+    voxel). Instances are labelled (instance >= 0) (class, instance) pairs; energy_mev is their deposit;
+    length_cm is the extent along the principal axis times the 0.3 cm voxel pitch; fragments counts
+    their 26-connected pieces and outside_largest is the share of their voxels outside the largest."""
     from spice.data.event import VOXEL_SIZE_CM
     labels = events[0].labels if events else ()
     ev_rows, inst_rows, vox = [], [], []
@@ -73,17 +90,22 @@ def statistics(events: list[Event]) -> dict[str, pd.DataFrame]:
         for c in np.unique(e.semantic).tolist():
             m = e.semantic == c
             for i in np.unique(e.instance[m & (e.instance >= 0)]).tolist():
-                pts = e.coords[m & (e.instance == i)].astype(float)
+                mi = m & (e.instance == i)
+                pts = e.coords[mi].astype(float)
+                pieces = fragments(pts)
                 inst_rows.append({"class": c, "class_name": labels[c], "voxels": len(pts),
-                                  "length_cm": _principal_extent(pts) * VOXEL_SIZE_CM})
-    return {"events": pd.DataFrame(ev_rows), "instances": pd.DataFrame(inst_rows, columns=["class", "class_name", "voxels", "length_cm"]),
+                                  "energy_mev": float(e.energy[mi].sum()),
+                                  "length_cm": _principal_extent(pts) * VOXEL_SIZE_CM, "fragments": len(pieces),
+                                  "outside_largest": 1.0 - pieces[0] / len(pts)})
+    return {"events": pd.DataFrame(ev_rows), "instances": pd.DataFrame(inst_rows, columns=INSTANCE_COLUMNS),
             "voxels": pd.concat(vox, ignore_index=True) if vox else pd.DataFrame(columns=["energy_mev", "degree"])}
 
 
 def compare(real: list[Event], generated: list[Event]) -> pd.DataFrame:
     """The real sample beside generated events of the same grid, one row per quantity: [quantity, real,
     generated, ratio (generated / real)]. Medians unless stated; instances per event count the events
-    holding the class; track lengths are of HIP and MIP (track) instances."""
+    holding the class; fragments per 100 MeV are summed over the class's instances; track lengths are of
+    HIP and MIP (track) instances."""
     labels = real[0].labels
     if tuple(generated[0].labels) != tuple(labels):
         raise ValueError(f"label conventions differ: {labels} vs {generated[0].labels}")
@@ -101,6 +123,12 @@ def compare(real: list[Event], generated: list[Event]) -> pd.DataFrame:
                      per_event(ib, b) if len(ib) else np.nan))
         rows.append((f"{name}: instance size, voxels (median)", ia.voxels.median() if len(ia) else np.nan,
                      ib.voxels.median() if len(ib) else np.nan))
+    for c, name in enumerate(labels):  # how far an instance is broken up: showers shed Compton blips
+        ia, ib = a["instances"][a["instances"]["class"] == c], b["instances"][b["instances"]["class"] == c]
+        per_100 = lambda inst: 100.0 * inst.fragments.sum() / inst.energy_mev.sum() if len(inst) else np.nan
+        rows.append((f"{name}: 26-connected fragments per 100 MeV", per_100(ia), per_100(ib)))
+        rows.append((f"{name}: share of an instance outside its largest fragment (mean)",
+                     ia.outside_largest.mean() if len(ia) else np.nan, ib.outside_largest.mean() if len(ib) else np.nan))
     tracks = [c for c, n in enumerate(labels) if n in ("HIP", "MIP", "track")]
     for c in tracks:
         ia, ib = a["instances"][a["instances"]["class"] == c], b["instances"][b["instances"]["class"] == c]

@@ -16,8 +16,12 @@ Physics model (all lengths in cm unless stated; 1 voxel = 0.3 cm):
   of the Bragg curve dE/dx = 17 r^-0.42 MeV/cm); a proton that reaches the world's edge leaves it.
 - Shower: a photon converts after an exponential gap (9/7 X0) into e+e-; electrons travel Exp(X0)
   legs ionising 2.1 MeV/cm and radiate bremsstrahlung photons (1/k spectrum) until they fall under the
-  critical energy; soft photons (the softest brems photons and 0.2-1.5 MeV ones emitted every
-  ~`blip_cm` along the legs) give Compton-like isolated blips. One instance per primary shower.
+  critical energy; under it they still radiate, dN/dk = 4/(3 X0 k) per cm above `brems_min_mev`.
+  Photons under `pair_min_mev` (the softest brems photons, those radiated under the critical energy,
+  and 0.2-1.5 MeV ones emitted every ~`blip_cm` along the legs) fly the NIST free path of argon for
+  their energy, Compton-scatter (Klein-Nishina) and fly on, until they are absorbed: each scatter
+  frees an electron, an isolated blip. So a shower breaks into tens of pieces per 100 MeV, as the
+  real sample's showers do. One instance per primary shower.
   Rain showers start as electrons (no gap) with probability `electron_fraction`.
 - Michel: the same electron cascade from the end of a stopping muon, energy from the Michel spectrum
   times `michel_visible` (tuned so Michel voxels per event match Table I).
@@ -73,8 +77,10 @@ class SynthConfig:
     x0_cm: float = 14.0                # radiation length of argon
     critical_mev: float = 32.0         # electrons below this stop radiating (argon)
     pair_min_mev: float = 10.0         # softer photons Compton-scatter instead of converting (argon: ~10 MeV)
-    compton_cm: float = 20.0           # mean free path of a few-MeV photon in argon
+    photo_mev: float = 0.08            # photons softer than this are absorbed where they next interact
+    max_compton: int = 24              # interactions followed per soft photon (then it is absorbed)
     blip_cm: float = 4.0               # mean e± path between soft (0.2-1.5 MeV) photon emissions
+    brems_min_mev: float = 0.2         # softest photon followed from electrons under the critical energy
     # per-class presence probability, mean and sd of the count when present (Table I)
     hip_count: tuple[float, float, float] = (0.88, 4.0, 3.0)
     mip_count: tuple[float, float, float] = (0.97, 5.0, 3.0)
@@ -240,6 +246,62 @@ def proton_range(kinetic_mev):
     return (0.58 / 17.0 * np.asarray(kinetic_mev, float)) ** (1 / 0.58)
 
 
+# Total attenuation coefficient mu/rho (cm^2/g) of photons in argon (NIST XCOM), and liquid argon's density.
+_ATTEN_MEV = np.array([0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0,
+                       6.0, 8.0, 10.0])
+_ATTEN_CM2_G = np.array([0.2229, 0.1629, 0.1356, 0.1224, 0.1059, 0.0948, 0.0865, 0.0800, 0.0704, 0.0634,
+                         0.0569, 0.0519, 0.0449, 0.0378, 0.0341, 0.0319, 0.0306, 0.0295, 0.0291])
+LAR_DENSITY = 1.396  # g/cm^3
+
+
+def photon_free_path_cm(k_mev: np.ndarray) -> np.ndarray:
+    """Mean free path (cm) of photons of energy k (MeV) in liquid argon, log-log interpolated."""
+    k = np.clip(np.asarray(k_mev, float), _ATTEN_MEV[0], _ATTEN_MEV[-1])
+    mu = np.exp(np.interp(np.log(k), np.log(_ATTEN_MEV), np.log(_ATTEN_CM2_G)))
+    return 1.0 / (mu * LAR_DENSITY)
+
+
+def _klein_nishina(rng: np.random.Generator, k: np.ndarray) -> np.ndarray:
+    """Scattered-photon energy fraction eps = k'/k of Compton scattering (Klein-Nishina), by rejection
+    from a 1/eps proposal on [1/(1 + 2k/m_e), 1]; k (n,) MeV -> eps (n,)."""
+    kappa = k / M_E
+    eps0 = 1.0 / (1.0 + 2.0 * kappa)
+    eps = np.empty(len(k))
+    todo = np.arange(len(k))
+    while len(todo):
+        e = eps0[todo] ** rng.random(len(todo))
+        cos = 1.0 - (1.0 / e - 1.0) / kappa[todo]
+        ok = 2.0 * rng.random(len(todo)) < 1.0 + e ** 2 - e * (1.0 - cos ** 2)
+        eps[todo[ok]] = e[ok]
+        todo = todo[~ok]
+    return eps
+
+
+def _compton_chain(rng, cfg, p0, d0, k, who):
+    """Soft photons (k < pair_min_mev) through liquid argon: each flies an exponential free path
+    (`photon_free_path_cm`), Compton-scatters (Klein-Nishina) and goes on with k' = eps k in the new
+    direction, until it falls under `photo_mev` and is absorbed where it next interacts (or after
+    `max_compton` scatters). Returns the electrons it sets free: positions (n,3) voxels, directions
+    (n,3), kinetic energies (n,) MeV, owners (n,): the isolated blips around a shower."""
+    out_p, out_d, out_e, out_w = [], [], [], []
+    pos, dirs, k, who = p0, d0, np.asarray(k, float), who
+    for i in range(cfg.max_compton + 1):
+        if len(k) == 0:
+            break
+        pos = pos + dirs * (rng.exponential(photon_free_path_cm(k)) / VOXEL_SIZE_CM)[:, None]
+        absorb = (k < cfg.photo_mev) | (i == cfg.max_compton)
+        eps = np.where(absorb, 0.0, _klein_nishina(rng, np.maximum(k, cfg.photo_mev)))
+        cos = np.clip(1.0 - (1.0 / np.maximum(eps, 1e-9) - 1.0) * M_E / k, -1.0, 1.0)
+        out_p.append(pos), out_d.append(_isotropic(rng, len(k))), out_e.append(k * (1.0 - eps)), out_w.append(who)
+        go = ~absorb
+        pos, k, who = pos[go], (eps * k)[go], who[go]
+        dirs = _tilt(rng, dirs[go], cos[go])
+    e = np.concatenate(out_e) if out_e else np.empty(0)
+    keep = e >= cfg.threshold_mev
+    cat = (lambda xs, shape: np.concatenate(xs)[keep] if xs else np.empty(shape))
+    return cat(out_p, (0, 3)), cat(out_d, (0, 3)), e[keep], cat(out_w, (0,)).astype(np.int64)
+
+
 def _cascade(rng, dep, cfg, start, direction, energy, pid, photon):
     """Electromagnetic cascades from primaries (electrons, or photons when `photon`), vectorised.
 
@@ -250,21 +312,18 @@ def _cascade(rng, dep, cfg, start, direction, energy, pid, photon):
     pos, dirs, e, owner, final = (np.empty((0, 3)), np.empty((0, 3)), np.empty(0),
                                   np.empty(0, np.int64), np.empty(0, bool))
 
-    def photons(p0, d0, k, who):  # photons -> pair legs (hard) or Compton blips (soft)
+    def photons(p0, d0, k, who):  # photons -> pair legs (hard) or chains of Compton electrons (soft)
         hard = k >= pmin
-        gap = rng.exponential(np.where(hard, 9 / 7 * x0, cfg.compton_cm)) / vox
-        dg = np.where(hard[:, None], d0, _tilt(rng, d0, rng.uniform(0.0, 1.0, len(k))))
-        conv = p0 + dg * gap[:, None]
-        v = rng.uniform(0.05, 0.95, len(k))
-        ang = np.cos(np.minimum(M_E / np.maximum(k, M_E) + 0.02, 0.5))
-        blip_e = k * rng.uniform(0.2, 1.0, len(k))
         h = np.flatnonzero(hard)
-        newp = np.concatenate([conv[h], conv[h], conv[~hard]])
-        newd = np.concatenate([_tilt(rng, dg[h], ang[h]), _tilt(rng, dg[h], ang[h]),
-                               _isotropic(rng, int((~hard).sum()))])
-        newe = np.concatenate([v[h] * k[h], (1 - v[h]) * k[h], blip_e[~hard]])
-        neww = np.concatenate([who[h], who[h], who[~hard]])
-        newf = np.concatenate([np.zeros(2 * len(h), bool), np.ones(int((~hard).sum()), bool)])
+        conv = p0[h] + d0[h] * (rng.exponential(9 / 7 * x0, len(h)) / vox)[:, None]
+        v = rng.uniform(0.05, 0.95, len(h))
+        ang = np.cos(np.minimum(M_E / np.maximum(k[h], M_E) + 0.02, 0.5))
+        cp, cd, ce, cw = _compton_chain(rng, cfg, p0[~hard], d0[~hard], k[~hard], who[~hard])
+        newp = np.concatenate([conv, conv, cp])
+        newd = np.concatenate([_tilt(rng, d0[h], ang), _tilt(rng, d0[h], ang), cd])
+        newe = np.concatenate([v * k[h], (1 - v) * k[h], ce])
+        neww = np.concatenate([who[h], who[h], cw])
+        newf = np.concatenate([np.zeros(2 * len(h), bool), np.ones(len(ce), bool)])
         return newp, newd, newe, neww, newf
 
     if photon.any():
@@ -279,7 +338,20 @@ def _cascade(rng, dep, cfg, start, direction, energy, pid, photon):
         if len(e) == 0:
             break
         final = final | (e < ecut)
-        leg_cm = np.where(final, e / cfg.mip_dedx, np.minimum(rng.exponential(x0, len(e)), e / cfg.mip_dedx))
+        # electrons under the critical energy still radiate: dN/dk = 4/(3 X0 k) per cm for k in
+        # [brems_min_mev, e]; the photons take up to half the electron's energy, the rest is ionisation
+        kmin = cfg.brems_min_mev
+        rad_per_cm = np.where(final & (e > kmin), 4 / (3 * x0) * np.log(np.maximum(e, kmin) / kmin), 0.0)
+        n_rad = rng.poisson(rad_per_cm * e / cfg.mip_dedx)
+        rad_leg = np.repeat(np.arange(len(e)), n_rad)
+        k_rad = kmin * (e[rad_leg] / kmin) ** rng.random(len(rad_leg))
+        run = np.cumsum(k_rad)
+        run -= np.concatenate([[0.0], run])[np.repeat(np.cumsum(n_rad) - n_rad, n_rad)]
+        ok = run <= 0.5 * e[rad_leg]
+        rad_leg, k_rad = rad_leg[ok], k_rad[ok]
+        e_rad = np.bincount(rad_leg, k_rad, minlength=len(e))
+        leg_cm = np.where(final, (e - e_rad) / cfg.mip_dedx,
+                          np.minimum(rng.exponential(x0, len(e)), e / cfg.mip_dedx))
         leg_cm = np.maximum(leg_cm, 1e-3)
         e_mid = e.copy()
 
@@ -295,13 +367,15 @@ def _cascade(rng, dep, cfg, start, direction, energy, pid, photon):
         e_left = e - leg_cm * cfg.mip_dedx
         # soft photons radiated along the legs -> isolated Compton-like blips near the shower
         n_blip = rng.poisson(leg_cm / cfg.blip_cm) * (~final)
-        blip_leg = np.repeat(np.arange(len(e)), n_blip)
+        soft_leg = np.repeat(np.arange(len(e)), n_blip)
+        k_blip = rng.uniform(0.2, 1.5, len(soft_leg))
+        e_left = e_left - np.bincount(soft_leg, k_blip, minlength=len(e))
+        blip_leg = np.concatenate([soft_leg, rad_leg])
         first = np.searchsorted(path, blip_leg)
         n_seg = np.bincount(path, minlength=len(e))[blip_leg]
         at = first + (rng.random(len(blip_leg)) * n_seg).astype(np.int64)
-        k_blip = rng.uniform(0.2, 1.5, len(blip_leg))
-        e_left = e_left - np.bincount(blip_leg, k_blip, minlength=len(e))
-        bp = photons(a[at], _isotropic(rng, len(at)), np.minimum(k_blip, 0.99 * pmin), owner[blip_leg])
+        blip_dir = np.concatenate([_isotropic(rng, len(soft_leg)), _unit(b[at[len(soft_leg):]] - a[at[len(soft_leg):]])])
+        bp = photons(a[at], blip_dir, np.concatenate([np.minimum(k_blip, 0.99 * pmin), k_rad]), owner[blip_leg])
         go = ~final & (e_left > 0)
         if not go.any() and len(at) == 0:
             break
