@@ -37,6 +37,7 @@ help:
 	@echo "make margin-control - its control, weights/margin-control-cpu: the same run with the smoothing term at 1 (about an hour)"
 	@echo "make inter - the inter-cluster ablation, weights/inter-cpu: the control with the inter-cluster term weighted 20 (about an hour)"
 	@echo "make compton - the Compton ablation, weights/compton-cpu: the reference trained on for 2000 iterations on the generator with Compton chains (about an hour)"
+	@echo "make reference-gpu - weights/reference-gpu: the reference trained on at batch 32 on a CUDA GPU (benchmarks/gpu_train.py, GPU_MINUTES=5.55), released here"
 	@echo "make reference-thresholds - retune weights/reference-cpu/thresholds.json and thresholds_symmetries8.json on the 100 validation events (seed 1000)"
 
 env: $(ENV_READY)
@@ -217,8 +218,16 @@ inter: $(ENV_READY)
 	$(PY) -m spice.release --run build/inter-cpu --out weights/inter-cpu
 # The Compton ablation: the reference trained on for 2000 iterations on the generator with Compton chains
 # (configs/compton_cpu.yaml).
-.PHONY: compton
+.PHONY: compton reference-gpu
 compton: $(ENV_READY)
 	$(PY) -m spice train --config configs/compton_cpu.yaml --resume --set out_dir=build/compton-cpu
 	$(PY) -m spice.release --run build/compton-cpu --out weights/compton-cpu
+# The reference trained on on a CUDA GPU (configs/reference_gpu.yaml), sized to GPU_MINUTES by a timed probe;
+# a run brought back from a lent GPU (bash benchmarks/gpu_session.sh lease: $$OUT/run) is released as it is.
+GPU_RUN ?= build/reference-gpu-run
+GPU_MINUTES ?= 5.55
+reference-gpu: $(ENV_READY)
+	test -f $(GPU_RUN)/checkpoint.pt || $(PY) benchmarks/gpu_train.py --config configs/reference_gpu.yaml \
+	    --minutes $(GPU_MINUTES) --export $(GPU_RUN)
+	$(PY) -m spice.release --run $(GPU_RUN) --out weights/reference-gpu
 # ---- end reference ---------------------------------------------------------------------------------

@@ -272,9 +272,9 @@ def main(argv=None) -> Path:
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(","))) | ({"paper", "train"} if args.quick else set())
     names = backends(args.previous)
-    if device.type == "cuda":
-        import MinkowskiEngine as ME  # noqa: F401  (present: backends() listed it)
-        if "minkowski" in names and not ME.is_cuda_available():
+    if device.type == "cuda" and "minkowski" in names:  # listed only when it imports
+        import MinkowskiEngine as ME
+        if not ME.is_cuda_available():
             names.remove("minkowski")
     result = dict(machine=machine(device), command="python " + " ".join([Path(__file__).name] + sys.argv[1:]),
                   landed_rev=LANDED_REV, previous_rev=args.previous, backends=names, load_average_start=os.getloadavg(),

@@ -98,12 +98,14 @@ def cuda_test_files() -> list[str]:
 
 def run_cuda_tests(timeout: int) -> dict:
     """`pytest -m cuda` on the files with CUDA tests, in a subprocess; returns its exit code and summary."""
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", *cuda_test_files()]
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rfEs", "--tb=line", "-p", "no:cacheprovider",
+           *cuda_test_files()]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
         return {"command": " ".join(cmd[1:]), "returncode": proc.returncode,
-                "summary": lines[-1] if lines else proc.stderr[-500:], "skips": [l for l in lines if "SKIPPED" in l]}
+                "summary": lines[-1] if lines else proc.stderr[-500:], "skips": [l for l in lines if "SKIPPED" in l],
+                "failures": [l for l in lines if l.startswith(("FAILED", "ERROR"))], "output_tail": proc.stdout[-4000:]}
     except subprocess.TimeoutExpired:
         return {"command": " ".join(cmd[1:]), "returncode": None, "summary": f"timed out after {timeout} s"}
 
@@ -235,6 +237,7 @@ def markdown(report: dict) -> str:
     tests = report.get("cuda_tests")
     if tests:
         lines += [f"CUDA tests (`{tests['command']}`): exit {tests['returncode']}, {tests['summary']}", ""]
+        lines += [f"- {line}" for line in tests.get("failures", [])] + ([""] if tests.get("failures") else [])
     lines += ["| backend | voxels/batch | train iter (batch {}) s | vs paper 10 s | peak GiB | bf16 step finite | "
               "infer s/event (batch 1) | infer s/event (batched) | kernels/step |".format(report["config"]["batch"]),
               "|---|---|---|---|---|---|---|---|---|"]

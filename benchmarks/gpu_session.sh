@@ -3,6 +3,9 @@
 #
 #   bash benchmarks/gpu_session.sh all [MINUTES]   # gpu_checks.py, then gpu_demo.py for at most MINUTES of training
 #   bash benchmarks/gpu_session.sh demo [MINUTES]  # continue gpu_demo.py (rerun until it reports its table)
+#   bash benchmarks/gpu_session.sh lease [SECONDS] # one call: gpu_checks.py, then gpu_train.py on
+#                                                   # configs/reference_gpu.yaml in the time left of SECONDS
+#                                                   # (default 530); $OUT gets session results.tar.gz and run/
 #
 # Installs the wheels carried in .whl/ (if any) into /tmp/site, runs from the checkout, and copies
 # benchmarks/results/gpu_* to $OUT when that is set (the device tool brings $OUT back). MINUTES
@@ -27,7 +30,25 @@ rc=0
 case "$mode" in
     all) "$py" benchmarks/gpu_checks.py "${extra[@]}" || rc=$? ;;
     demo) ;;
-    *) echo "usage: $0 all|demo [MINUTES]"; exit 2 ;;
+    lease)  # a lent machine's whole budget in one call: the checks first, bounded, then training to the end
+        end=$(( $(date +%s) + ${2:-530} ))
+        [ -d .gpu_carry/landed ] && export SPICE_LANDED_DIR="$PWD/.gpu_carry/landed"  # the pre-issue-12 backend
+        timeout "${CHECKS_SECONDS:-240}" "$py" benchmarks/gpu_checks.py --tests-timeout 100 "${extra[@]}" || rc=$?
+        left=$(( end - $(date +%s) - ${TRAIN_OVERHEAD_SECONDS:-75} ))  # probe, start-up, export
+        minutes=$("$py" -c "print(max(0.25, $left / 60))")
+        run_dir="${OUT:-build/gpu_train}/run"
+        train_args=(--config "${TRAIN_CONFIG:-configs/reference_gpu.yaml}" --minutes "$minutes" --export "$run_dir")
+        [ -n "${SPICE_GPU_ARGS:-}" ] && train_args+=(--quick --work "$(mktemp -d)/work")
+        "$py" benchmarks/gpu_train.py "${train_args[@]}"
+        train_rc=$?
+        if [ -n "${OUT:-}" ]; then
+            tar -czf "$OUT/results.tar.gz" benchmarks/results/gpu_* benchmarks/results/bench_*_cuda.* \
+                build/gpu_train/probe/losses.csv 2>/dev/null
+        fi
+        echo "gpu_session: gpu_checks exit $rc, gpu_train exit $train_rc"
+        [ "$rc" -eq 0 ] && [ "$train_rc" -eq 0 ]
+        exit ;;
+    *) echo "usage: $0 all|demo [MINUTES] | lease [SECONDS]"; exit 2 ;;
 esac
 "$py" benchmarks/gpu_demo.py --stop-after "$minutes" "${extra[@]}"
 demo_rc=$?

@@ -48,12 +48,15 @@ def main(argv=None) -> Path:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-step", type=int, choices=(1, 2), default=None,
                     help="profile one training iteration of this stage (loss and Adam included)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (then CUDA kernels are counted too)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    batch = collate(generate(args.events, args.size, args.seed))
+    device = torch.device(args.device)
+    batch = collate(generate(args.events, args.size, args.seed)).to(device)
     torch.manual_seed(0)
-    model = SPICE(filters=args.filters, depth=args.depth, reps=2, spatial_size=args.size, backend="torch").train()
+    model = SPICE(filters=args.filters, depth=args.depth, reps=2, spatial_size=args.size,
+                  backend="torch").to(device).train()
     work, what = (lambda: fwd_bwd(model, batch)), "forward+backward"
     if args.train_step:
         set_stage(model, args.train_step)
@@ -61,26 +64,37 @@ def main(argv=None) -> Path:
         loss = SPICELoss()
         work = lambda: train_step(model, opt, loss, batch, stage=args.train_step)  # noqa: E731
         what = f"training iteration of stage {args.train_step} (forward, SPICE loss, backward, Adam)"
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     work()
+    sync()
     tick = time.perf_counter()
     work()
+    sync()
     seconds = time.perf_counter() - tick
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         work()
+        sync()
     averages = prof.key_averages()
     lines = [f"SPICE F{args.filters} D{args.depth}, {args.events} generated {args.size}³ events "
-             f"({batch.coords.shape[0]} voxels), {what}, torch backend, {args.threads} thread(s)",
-             f"machine: {machine(torch.device('cpu'))}",
-             f"{what} (timed, outside the profiler): {seconds:.2f} s",
-             "share of self CPU time: " + ", ".join(f"{g} {s:.1%}" for g, s in shares(averages).items()), "",
-             averages.table(sort_by="self_cpu_time_total", row_limit=20)]
+             f"({batch.coords.shape[0]} voxels), {what}, torch backend, {args.threads} thread(s), {device}",
+             f"machine: {machine(device)}",
+             f"{what} (timed, outside the profiler): {seconds:.3f} s",
+             "share of self CPU time: " + ", ".join(f"{g} {s:.1%}" for g, s in shares(averages).items())]
+    if device.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        lines.append(f"CUDA kernels run: {len(kernels)}, busy {sum(e.device_time for e in kernels) / 1e3:.1f} ms of "
+                     f"the {seconds * 1e3:.1f} ms step")
+    lines += ["", averages.table(sort_by="self_cpu_time_total", row_limit=20),
+              "operators by number of calls:", averages.table(sort_by="count", row_limit=25)]
     args.out.mkdir(parents=True, exist_ok=True)
     step = f"_step{args.train_step}" if args.train_step else ""
-    path = args.out / f"profile_F{args.filters}_D{args.depth}_{args.size}_b{args.events}_{args.threads}t{step}.txt"
+    on = "" if device.type == "cpu" else f"_{device.type}"
+    path = args.out / f"profile_F{args.filters}_D{args.depth}_{args.size}_b{args.events}_{args.threads}t{step}{on}.txt"
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
-    print("\n".join(lines[:4]))
+    print("\n".join(lines[:5]))
     return path
 
 

@@ -1,4 +1,4 @@
-"""The GPU scripts (benchmarks/gpu_checks.py, gpu_demo.py) run end to end on the CPU in their smoke mode,
+"""The GPU scripts (benchmarks/gpu_checks.py, gpu_demo.py, gpu_train.py) run end to end on the CPU in their smoke mode,
 so a lent GPU session is spent measuring, not debugging. Their numbers here mean nothing."""
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_checks  # noqa: E402
 import gpu_demo  # noqa: E402
+import gpu_train  # noqa: E402
+
+from spice.train import TrainConfig, finished, learning_rate, load_model  # noqa: E402
 
 
 def test_gpu_checks_smoke_writes_report(tmp_path):
@@ -62,9 +65,43 @@ def test_gpu_session_script_smoke(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "gpu_checks exit 0, gpu_demo exit 0" in proc.stdout
+    lease = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "lease", "40"],
+                           env={**env, "TRAIN_OVERHEAD_SECONDS": "25"}, capture_output=True, text=True, timeout=600)
+    assert lease.returncode == 0, lease.stdout[-2000:] + lease.stderr[-2000:]
+    assert "gpu_checks exit 0, gpu_train exit 0" in lease.stdout
+    assert finished(tmp_path / "run" / "checkpoint.pt") and (tmp_path / "results.tar.gz").exists()
     bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "nonsense"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "usage" in bad.stdout
+
+
+def test_gpu_train_sizes_stages_in_proportion(tmp_path):
+    config = TrainConfig.from_dict({"stage1_iterations": 250, "stage2_iterations": 750, "warmup_iterations": 50})
+    run = gpu_train.sized(config, 100, 2.0, tmp_path, 2)
+    assert (run.stage1_iterations, run.stage2_iterations, run.stage3_iterations) == (25, 75, 0)
+    assert run.snapshot_every == 50 and run.warmup_iterations == 10 and run.out_dir == str(tmp_path)
+    assert run.max_minutes == pytest.approx(2.0 * 1.05 + 0.25)  # a backstop just past the budget
+    only2 = gpu_train.sized(TrainConfig.from_dict({"stage1_iterations": 0, "stage2_iterations": 10}), 7, 1.0, tmp_path, 2)
+    assert (only2.stage1_iterations, only2.stage2_iterations) == (0, 7)
+
+
+@pytest.mark.slow
+def test_gpu_train_smoke_plans_trains_and_exports_a_releasable_run(tmp_path):
+    """Probe, plan, train to the planned end (the cosine schedule reaches its floor), export a run folder."""
+    export = tmp_path / "out" / "run"
+    code = gpu_train.main(["--config", str(ROOT / "configs" / "reference_gpu.yaml"), "--minutes", "0.05", "--probe",
+                           "6", "--quick", "--work", str(tmp_path / "work"), "--export", str(export)])
+    assert code == 0
+    plan = json.loads((export / "plan.json").read_text())
+    assert plan["trained_iterations"] == plan["planned_iterations"] == sum(plan["stages"]) and plan["finished"]
+    assert plan["planned_iterations"] == max(2, int(0.05 * 60 / plan["probe_seconds_per_iteration"]))
+    assert finished(export / "checkpoint.pt") and load_model(export / "checkpoint.pt").spatial_size == 64
+    losses = [line.split(",") for line in (export / "losses.csv").read_text().splitlines()]
+    lr = float(losses[-1][losses[0].index("lr")])
+    config = TrainConfig.load(export / "config.yaml")
+    assert config.iterations == plan["planned_iterations"]  # the schedule was planned over what ran:
+    assert lr == pytest.approx(learning_rate(config, config.iterations - 1)) and lr < 0.2 * config.lr  # decayed end
+    assert len(list((export / "snapshots").glob("model_*.pt"))) == 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")

@@ -253,9 +253,9 @@ def test_cuda_matches_cpu(gen):
     w3 = torch.randn(27, 4, 4, generator=gen, dtype=torch.float64)
     w2 = torch.randn(8, 4, 4, generator=gen, dtype=torch.float64)
 
-    def net(device):
-        f = feats.to(device).requires_grad_()
-        ws = [w.to(device).requires_grad_() for w in (w3, w2)]
+    def net(device):  # detach: on the CPU .to() returns the tensor itself, which must stay a leaf without grad
+        f = feats.to(device).detach().requires_grad_()
+        ws = [w.to(device).detach().requires_grad_() for w in (w3, w2)]
         x = tb.make_input(coords.to(device), f)
         y = tb.upsample_conv2(tb.downsample_conv2(tb.submanifold_conv3(x, ws[0]), ws[1]), ws[1], x)
         y.feats.square().sum().backward()

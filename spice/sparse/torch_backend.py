@@ -47,8 +47,8 @@ def chunk_rows(width: int, dtype: torch.dtype, device: torch.device) -> int:
 # useful work pairs·Cin·Cout reaches PAIRS_MIN_WORK[device] multiply-adds (narrow layers, and layers with
 # Cin·Cout >= PAIRS_WIDE). Below that one GEMM beats one per offset. CPU values measured with
 # benchmarks/bench_routes.py at 1 and 2 threads (benchmarks/results/bench_routes_cpu_{1,2}t.txt); no
-# measured map had a fill above 0.58. CUDA keeps the table (one launch per layer) until a GPU has
-# measured it (the same benchmark with --device cuda).
+# measured map had a fill above 0.58. CUDA keeps the table: on an H200 one GEMM over the table beat
+# per-offset pairs in all 80 layer cases, by ×1.4–5.6 (benchmarks/results/bench_routes_cuda.txt).
 PAIRS_FILL = {"cpu": 0.7, "cuda": 0.0}
 PAIRS_MIN_WORK = {"cpu": (20_000_000, 4_000_000), "cuda": (0, 0)}
 PAIRS_WIDE = 64 * 64
@@ -57,7 +57,7 @@ PAIRS_WIDE = 64 * 64
 # (1 - f) of its gather and GEMM, pairs pay a scatter (index_add_) of f·n rows instead. CPU value from
 # timing index_add_, index_select and mm on 53k rows at width 32, 2 threads (a scattered row costs about
 # 1.5 rows of a 32×32 GEMM, i.e. 45 / Cin of a Cin-wide GEMM row); benchmarks/bench_routes.py checks the
-# resulting per-layer choice. CUDA: no columns until measured.
+# resulting per-layer choice. CUDA: no columns, since it never runs pairs.
 COLUMN_GAIN = {"cpu": 45.0, "cuda": 0.0}
 
 
