@@ -34,6 +34,10 @@ case "$mode" in
         end=$(( $(date +%s) + ${2:-530} ))
         [ -d .gpu_carry/landed ] && export SPICE_LANDED_DIR="$PWD/.gpu_carry/landed"  # the pre-issue-12 backend
         timeout "${CHECKS_SECONDS:-240}" "$py" benchmarks/gpu_checks.py --tests-timeout 100 "${extra[@]}" || rc=$?
+        if [ -z "${SPICE_GPU_ARGS:-}" ]; then  # the loss against its loop form (bench_loss.py), when carried
+            [ -f .gpu_carry/losses_previous.py ] && export SPICE_LOSS_PREVIOUS="$PWD/.gpu_carry/losses_previous.py"
+            timeout 90 "$py" benchmarks/bench_loss.py --device cuda || true
+        fi
         left=$(( end - $(date +%s) - ${TRAIN_OVERHEAD_SECONDS:-75} ))  # probe, start-up, export
         minutes=$("$py" -c "print(max(0.25, $left / 60))")
         run_dir="${OUT:-build/gpu_train}/run"
