@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from bench_sparse import write_results
 from spice.data import collate
 from spice.data.synthetic import generate
 from spice.losses import TERMS, SPICELoss
@@ -137,14 +137,8 @@ def main(argv=None) -> Path:
                      f"all groups at once {row['groups_s'] * 1e3:.1f} ms: x{row['loop_s'] / row['groups_s']:.2f}; "
                      f"operators {row['loop_ops']} against {row['groups_ops']}")
         print(lines[-1], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / ("bench_loss" if device.type == "cpu" else f"bench_loss_{device.type}")
-    for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".txt", "\n".join(lines) + "\n")):
-        tmp = stem.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, stem.with_suffix(suffix))
-    print(f"wrote {stem}.json and .txt")
-    return stem
+    return write_results(args.out / ("bench_loss" if device.type == "cpu" else f"bench_loss_{device.type}"),
+                         result, lines)
 
 
 if __name__ == "__main__":

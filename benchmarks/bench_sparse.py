@@ -88,6 +88,17 @@ def backends(previous: str | None = None) -> list[str]:
     return names
 
 
+def write_results(stem: Path, result: dict, lines: list[str]) -> Path:
+    """stem.json (result) and stem.txt (lines), each under a temporary name first; returns stem."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".txt", "\n".join(lines) + "\n")):
+        tmp = stem.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, stem.with_suffix(suffix))
+    print(f"wrote {stem}.json and .txt")
+    return stem
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -331,14 +342,8 @@ def main(argv=None) -> Path:
 
     result["load_average_end"] = os.getloadavg()
     lines.append(f"load average at the end {result['load_average_end']}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / (args.name if device.type == "cpu" else f"{args.name}_{device.type}")
-    for suffix, text in ((".json", json.dumps(result, indent=2) + "\n"), (".txt", "\n".join(lines) + "\n")):
-        tmp = stem.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, stem.with_suffix(suffix))
-    print(f"wrote {stem}.json and .txt")
-    return stem
+    return write_results(args.out / (args.name if device.type == "cpu" else f"{args.name}_{device.type}"),
+                         result, lines)
 
 
 if __name__ == "__main__":
