@@ -257,17 +257,34 @@ def fig_margin_extent(instances: pd.DataFrame, bins: int = 30, labels=None, marg
     return fig
 
 
-def fig_timing(frame: pd.DataFrame, bins: int = 30) -> plt.Figure:
-    """Figure 10: per-event wall time of the network and of clustering, one histogram per device (named)."""
+def fig_timing(frame: pd.DataFrame, bins: int = 30, recorded: pd.DataFrame | None = None) -> plt.Figure:
+    """Figure 10: per-event wall time of the network and of clustering, one histogram per device (named).
+
+    recorded: means measured elsewhere (`spice.tables.recorded_gpu_timing`), drawn as dashed lines on a log
+    axis, named as recorded, and what was timed there said in the title (for a build machine without that
+    device)."""
     per_event = frame.groupby(["device", "event"], as_index=False)[["net_time_s", "cluster_time_s"]].first()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
-    for ax, col, what in zip(axes[0], ("net_time_s", "cluster_time_s"), ("network", "clustering (CPU)")):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8 if recorded is not None else 4), squeeze=False)
+    for ax, col, what in zip(axes[0], ("net_time_s", "cluster_time_s"), ("network", "clustering")):
         for device, sub in per_event.groupby("device"):
             t = sub[col].to_numpy(float)
-            ax.hist(t, bins=bins, histtype="step", lw=1.5, label=f"{device}: mean {t.mean():.3g} s")
+            edges = np.geomspace(max(t.min(), 1e-6) / 1.2, t.max() * 1.2, bins) if recorded is not None else bins
+            ax.hist(t, bins=edges, histtype="step", lw=1.5, label=f"{device}: mean {t.mean():.3g} s")
+        if recorded is not None:
+            for k, row in enumerate(recorded.itertuples()):
+                if col == "cluster_time_s" and k:  # one clustering time per recorded device
+                    continue
+                value = row.net_time_s_mean if col == "net_time_s" else row.cluster_time_s_mean
+                name = row.device.split(" (")[0] + " (recorded)"
+                batch = f", batch {row.network_batch}" if col == "net_time_s" else ""
+                ax.axvline(value, ls="--", color=f"C{k + 3}", label=f"{name}{batch}: {value:.3g} s")
+            ax.set_xscale("log")
         ax.set_xlabel(f"{what} wall time per event (s)")
         ax.set_ylabel("events")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    if recorded is not None:
+        fig.suptitle("histograms: measured here, the network trained in this run; dashed: " + "; ".join(sorted(set(
+            f"{d} ({s})" for d, s in zip(recorded["device"], recorded["source"])))), fontsize=7)
     fig.tight_layout()
     return fig
 

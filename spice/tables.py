@@ -165,3 +165,25 @@ def claims_table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
         for metric in ("purity", "efficiency"):
             add(f"mean {metric} above 96% (all classes)", 0.96, name, float(frame[metric].mean()))
     return pd.DataFrame(rows, columns=["claim", "paper", "network", "value", "verdict"])
+
+
+def recorded_gpu_timing(path) -> pd.DataFrame:
+    """Wall time per event on a GPU, read from a `benchmarks/gpu_checks.py` report (JSON) for a build machine
+    without one: one row per way of running the network (batch 1, batched), with the torch backend's
+    inference time, the clustering time on the network's outputs, what was timed and the file."""
+    import json
+
+    report = json.loads(Path(path).read_text())
+    torch_row = next(r for r in report["backends"] if r["backend"] == "torch")
+    cfg = report["config"]
+    what = (f"F{cfg['filters']} D{cfg['depth']} on {cfg['spatial_size']}³ events of "
+            f"{cfg['mean_voxels_per_event'] / 1e3:.1f}k voxels")
+    device = f"{report['device']} (recorded {report['date'][:10]}: {what})"
+    cluster = report.get("clustering", {}).get("network_outputs_s_per_event", np.nan)
+    return pd.DataFrame([
+        {"device": device, "network_batch": 1, "net_time_s_mean": torch_row["infer_batch1_s_per_event"],
+         "cluster_time_s_mean": cluster, "source": str(path)},
+        {"device": device, "network_batch": torch_row["infer_batched_size"],
+         "net_time_s_mean": torch_row["infer_batched_s_per_event"], "cluster_time_s_mean": cluster,
+         "source": str(path)}])
+

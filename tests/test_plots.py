@@ -84,6 +84,37 @@ def test_timing_names_every_device():
     assert any("cpu (2 cores)" in s for s in labels) and any("cuda: H200" in s for s in labels)
 
 
+def recorded_report(tmp_path):
+    """A gpu_checks.py report with round numbers (the layout of benchmarks/results/gpu_<date>.json)."""
+    report = {"date": "2026-12-04T17:22:02+00:00", "device": "NVIDIA H200",
+              "config": {"filters": 32, "depth": 6, "spatial_size": 512, "mean_voxels_per_event": 19582.4},
+              "backends": [{"backend": "landed", "infer_batch1_s_per_event": 0.2},
+                           {"backend": "torch", "infer_batch1_s_per_event": 0.05, "infer_batched_s_per_event": 0.01,
+                            "infer_batched_size": 32}],
+              "clustering": {"network_outputs_s_per_event": 0.004}}
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_recorded_gpu_timing_reads_the_torch_backend(tmp_path):
+    path = recorded_report(tmp_path)
+    rows = tables.recorded_gpu_timing(path)
+    assert list(rows["network_batch"]) == [1, 32] and list(rows["net_time_s_mean"]) == [0.05, 0.01]
+    assert list(rows["cluster_time_s_mean"]) == [0.004, 0.004] and set(rows["source"]) == {str(path)}
+    assert rows["device"][0] == "NVIDIA H200 (recorded 2026-12-04: F32 D6 on 512³ events of 19.6k voxels)"
+
+
+def test_timing_draws_recorded_devices_as_named_lines(tmp_path):
+    recorded = tables.recorded_gpu_timing(recorded_report(tmp_path))
+    fig = plots.fig_timing(make_frame(10).assign(device="cpu (2 cores)"), recorded=recorded)
+    net, cluster = fig.axes[:2]
+    assert [l.get_xdata()[0] for l in net.lines] == [0.05, 0.01] and [l.get_xdata()[0] for l in cluster.lines] == [0.004]
+    labels = [t.get_text() for t in net.get_legend().get_texts()]
+    assert "NVIDIA H200 (recorded), batch 32: 0.01 s" in labels
+    assert net.get_xscale() == "log" and "F32 D6 on 512³ events" in fig._suptitle.get_text()
+
+
 def test_threshold_heatmap_marks_the_best_cell():
     s0, p0 = np.meshgrid(np.linspace(0, 1, 5), np.linspace(0, 0.6, 4))
     grid = pd.DataFrame({"s0": s0.ravel(), "p0": p0.ravel()})
