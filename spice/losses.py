@@ -20,7 +20,7 @@ stage 1 skips the frozen seediness decoder) give L_seed = 0 and leave every othe
 All groups are computed at once, with no Python loop over events, classes or clusters: every pair
 (voxel i of V, cluster k of V) of every group in one flat array, sums per cluster and per group by
 index_add, and the Lovász hinge of every cluster from two stable sorts (benchmarks/bench_loss.py: the same values
-as the loop to float64 rounding, with 377 operators instead of 2,822 at batch 4 and 20,920 at batch 32,
+as the loop to float64 rounding, with 374 operators instead of 2,822 at batch 4 and 20,920 at batch 32,
 each a kernel launch on CUDA, and a handful of host syncs instead of one per class).
 """
 from __future__ import annotations
@@ -38,6 +38,14 @@ TERMS = ("total", "emb", "mask", "smoothing", "inter", "seed")
 def segment_sum(values: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
     """Sum of `values` (P,) over each of `n_segments` segments (segment (P,) in [0, n_segments)) -> (n_segments,)."""
     return values.new_zeros(n_segments).index_add(0, segment, values)
+
+
+def ranges(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For lengths (S,): (owner, offset), each (Σ lengths,): entry j of range s has owner s and offset j."""
+    owner = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+    offset = torch.arange(len(owner), device=lengths.device) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths)
+    return owner, offset
 
 
 def lovasz_hinge_segments(logits: torch.Tensor, labels: torch.Tensor, segment: torch.Tensor,
@@ -188,10 +196,7 @@ class SPICELoss:
         mu = torch.zeros(k, 3, dtype=emb.dtype, device=device).index_add(0, member_label, e[members]) / n_k[:, None]
         sigma = per_cluster_mean(m[members])                                     # (K,)
         # pairs (voxel i of V, cluster k of V): all of them, cluster by cluster
-        length = group_size[cluster_group]
-        pair_cluster = torch.repeat_interleave(torch.arange(k, device=device), length)
-        within = torch.arange(len(pair_cluster), device=device) - torch.repeat_interleave(
-            torch.cumsum(length, 0) - length, length)
+        pair_cluster, within = ranges(group_size[cluster_group])
         pair_row = group_start[cluster_group][pair_cluster] + within
         dist2 = ((e[pair_row] - mu[pair_cluster]) ** 2).sum(-1)
         p = torch.exp(-dist2 / (2.0 * sigma[pair_cluster] ** 2))                  # p_ik for every pair
@@ -199,10 +204,8 @@ class SPICELoss:
         terms = {"mask": per_group_mean(MASK_LOSSES[self.mask_loss](p, target, pair_cluster, k)),
                  "smoothing": per_group_mean(per_cluster_mean((m[members] - sigma.detach()[member_label]).abs()))}
         # ordered pairs (k, l ≠ k) of clusters of the same group
-        pair_k = torch.repeat_interleave(torch.arange(k, device=device), k_of_group[cluster_group])
+        pair_k, within = ranges(k_of_group[cluster_group])
         first_of_group = (torch.cumsum(k_of_group, 0) - k_of_group)[cluster_group]
-        within = torch.arange(len(pair_k), device=device) - torch.repeat_interleave(
-            torch.cumsum(k_of_group[cluster_group], 0) - k_of_group[cluster_group], k_of_group[cluster_group])
         pair_l = first_of_group[pair_k] + within
         off = pair_k != pair_l
         pair_k, pair_l = pair_k[off], pair_l[off]
