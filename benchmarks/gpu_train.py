@@ -50,8 +50,8 @@ def sized(config: TrainConfig, iterations: int, minutes: float, out_dir: Path, s
     iteration if it had any), snapshots every iterations // snapshots_n, max_minutes a backstop."""
     d = config.to_dict()
     total = max(config.iterations, 1)
-    s1 = round(iterations * config.stage1_iterations / total) if config.stage1_iterations else 0
-    s3 = round(iterations * config.stage3_iterations / total) if config.stage3_iterations else 0
+    s1 = max(1, round(iterations * config.stage1_iterations / total)) if config.stage1_iterations else 0
+    s3 = max(1, round(iterations * config.stage3_iterations / total)) if config.stage3_iterations else 0
     d.update(stage1_iterations=s1, stage2_iterations=max(1, iterations - s1 - s3), stage3_iterations=s3,
              snapshot_every=max(1, iterations // snapshots_n), max_minutes=minutes * 1.05 + 0.25,
              out_dir=str(out_dir), progress=False)

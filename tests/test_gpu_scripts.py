@@ -83,6 +83,8 @@ def test_gpu_train_sizes_stages_in_proportion(tmp_path):
     assert run.max_minutes == pytest.approx(2.0 * 1.05 + 0.25)  # a backstop just past the budget
     only2 = gpu_train.sized(TrainConfig.from_dict({"stage1_iterations": 0, "stage2_iterations": 10}), 7, 1.0, tmp_path, 2)
     assert (only2.stage1_iterations, only2.stage2_iterations) == (0, 7)
+    tiny = gpu_train.sized(TrainConfig.from_dict({"stage1_iterations": 1, "stage2_iterations": 99}), 10, 1.0, tmp_path, 2)
+    assert (tiny.stage1_iterations, tiny.stage2_iterations) == (1, 9)  # a stage that had iterations keeps one
 
 
 @pytest.mark.slow
