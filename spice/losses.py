@@ -40,6 +40,13 @@ def segment_sum(values: torch.Tensor, segment: torch.Tensor, n_segments: int) ->
     return values.new_zeros(n_segments).index_add(0, segment, values)
 
 
+def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values[index] along dim 0, for values that need a gradient: by index_select, whose backward (index_add)
+    sums repeated indices in a fixed order. The backward of values[index] (index_put with accumulate) adds them
+    by parallel atomics on a multi-threaded CPU once there are 32768 or more, so two runs would differ."""
+    return values.index_select(0, index)
+
+
 def ranges(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For lengths (S,): (owner, offset), each (Σ lengths,): entry j of range s has owner s and offset j."""
     owner = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
@@ -70,7 +77,7 @@ def lovasz_hinge_segments(logits: torch.Tensor, labels: torch.Tensor, segment: t
     jaccard = 1.0 - (positives - gt_seen) / (positives + (seen - gt_seen))
     first = seen == 1
     step = jaccard - torch.where(first, torch.zeros_like(jaccard), jaccard.roll(1))
-    return segment_sum(F.relu(errors[order]) * step, seg, n_segments)
+    return segment_sum(F.relu(take(errors, order)) * step, seg, n_segments)
 
 
 def lovasz_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -183,7 +190,7 @@ class SPICELoss:
         group_size = torch.bincount(row_group, minlength=n_groups)               # |V| per group
         group_start = torch.cumsum(group_size, 0) - group_size
         k_of_group = torch.bincount(cluster_group, minlength=n_groups)           # K per group
-        e, m = emb[rows], margin[rows]
+        e, m = take(emb, rows), take(margin, rows)
         members = torch.nonzero(label >= 0).squeeze(1)
         member_label = label[members]
 
@@ -193,30 +200,30 @@ class SPICELoss:
         def per_group_mean(values: torch.Tensor) -> torch.Tensor:    # (K,) -> mean over each group's clusters
             return segment_sum(values, cluster_group, n_groups) / k_of_group.to(values.dtype)
 
-        mu = torch.zeros(k, 3, dtype=emb.dtype, device=device).index_add(0, member_label, e[members]) / n_k[:, None]
-        sigma = per_cluster_mean(m[members])                                     # (K,)
+        mu = torch.zeros(k, 3, dtype=emb.dtype, device=device).index_add(0, member_label, take(e, members)) / n_k[:, None]
+        sigma = per_cluster_mean(take(m, members))                                     # (K,)
         # pairs (voxel i of V, cluster k of V): all of them, cluster by cluster
         pair_cluster, within = ranges(group_size[cluster_group])
         pair_row = group_start[cluster_group][pair_cluster] + within
-        dist2 = ((e[pair_row] - mu[pair_cluster]) ** 2).sum(-1)
-        p = torch.exp(-dist2 / (2.0 * sigma[pair_cluster] ** 2))                  # p_ik for every pair
+        dist2 = ((take(e, pair_row) - take(mu, pair_cluster)) ** 2).sum(-1)
+        p = torch.exp(-dist2 / (2.0 * take(sigma, pair_cluster) ** 2))                  # p_ik for every pair
         target = (label[pair_row] == pair_cluster).to(emb.dtype)
         terms = {"mask": per_group_mean(MASK_LOSSES[self.mask_loss](p, target, pair_cluster, k)),
-                 "smoothing": per_group_mean(per_cluster_mean((m[members] - sigma.detach()[member_label]).abs()))}
+                 "smoothing": per_group_mean(per_cluster_mean((take(m, members) - sigma.detach()[member_label]).abs()))}
         # ordered pairs (k, l ≠ k) of clusters of the same group
         pair_k, within = ranges(k_of_group[cluster_group])
         first_of_group = (torch.cumsum(k_of_group, 0) - k_of_group)[cluster_group]
         pair_l = first_of_group[pair_k] + within
         off = pair_k != pair_l
         pair_k, pair_l = pair_k[off], pair_l[off]
-        gap = torch.sqrt(((mu[pair_k] - mu[pair_l]) ** 2).sum(-1).clamp_min(1e-12))  # no NaN grad at 0
+        gap = torch.sqrt(((take(mu, pair_k) - take(mu, pair_l)) ** 2).sum(-1).clamp_min(1e-12))  # no NaN grad at 0
         n_pairs = (k_of_group * (k_of_group - 1)).clamp_min(1).to(emb.dtype)   # K < 2: inter 0
         terms["inter"] = segment_sum(F.relu(2.0 * self.delta - gap) ** 2, cluster_group[pair_k], n_groups) / n_pairs
         if seed is None:  # no seediness output (stage 1)
             terms["seed"] = torch.zeros(n_groups, dtype=emb.dtype, device=device)
         else:
             hit = torch.nonzero(target).squeeze(1)                               # (i, k) with i ∈ C_k
-            error = seed[rows][pair_row[hit]] - p[hit].detach()
+            error = take(take(seed, rows), pair_row[hit]) - p[hit].detach()
             error = error ** 2 if self.seed_loss == "l2" else error.abs()
             terms["seed"] = per_group_mean(segment_sum(error, pair_cluster[hit], k) / n_k)
         # mean over the classes of each event, then over the events that have one

@@ -292,3 +292,23 @@ def test_bad_options_rejected():
         SPICELoss(mask_loss="iou")
     with pytest.raises(ValueError, match="seed_loss"):
         SPICELoss(seed_loss="l3")
+
+
+def test_gradients_bit_identical_on_two_threads():
+    """Deterministic by seed on CPU: the loss's gathers must not add repeated indices by parallel atomics
+    (values[index]'s backward does so in float32 from 32768 entries on with several threads)."""
+    rng = np.random.default_rng(3)
+    batch = collate([random_event(rng, 12000, n_classes=1, n_instances=8)])
+    base = {k: v.detach().float() for k, v in random_outputs(rng, 12000).items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            outputs = {k: v.clone().requires_grad_(True) for k, v in base.items()}
+            SPICELoss()(outputs, batch)["total"].backward()
+            grads.append([outputs[k].grad for k in sorted(outputs)])
+    finally:
+        torch.set_num_threads(threads)
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
