@@ -200,16 +200,17 @@ class SPICELoss:
         def per_group_mean(values: torch.Tensor) -> torch.Tensor:    # (K,) -> mean over each group's clusters
             return segment_sum(values, cluster_group, n_groups) / k_of_group.to(values.dtype)
 
+        m_members = take(m, members)
         mu = torch.zeros(k, 3, dtype=emb.dtype, device=device).index_add(0, member_label, take(e, members)) / n_k[:, None]
-        sigma = per_cluster_mean(take(m, members))                                     # (K,)
+        sigma = per_cluster_mean(m_members)                                      # (K,)
         # pairs (voxel i of V, cluster k of V): all of them, cluster by cluster
         pair_cluster, within = ranges(group_size[cluster_group])
         pair_row = group_start[cluster_group][pair_cluster] + within
         dist2 = ((take(e, pair_row) - take(mu, pair_cluster)) ** 2).sum(-1)
-        p = torch.exp(-dist2 / (2.0 * take(sigma, pair_cluster) ** 2))                  # p_ik for every pair
+        p = torch.exp(-dist2 / (2.0 * take(sigma, pair_cluster) ** 2))           # p_ik for every pair
         target = (label[pair_row] == pair_cluster).to(emb.dtype)
         terms = {"mask": per_group_mean(MASK_LOSSES[self.mask_loss](p, target, pair_cluster, k)),
-                 "smoothing": per_group_mean(per_cluster_mean((take(m, members) - sigma.detach()[member_label]).abs()))}
+                 "smoothing": per_group_mean(per_cluster_mean((m_members - sigma.detach()[member_label]).abs()))}
         # ordered pairs (k, l ≠ k) of clusters of the same group
         pair_k, within = ranges(k_of_group[cluster_group])
         first_of_group = (torch.cumsum(k_of_group, 0) - k_of_group)[cluster_group]
@@ -223,7 +224,7 @@ class SPICELoss:
             terms["seed"] = torch.zeros(n_groups, dtype=emb.dtype, device=device)
         else:
             hit = torch.nonzero(target).squeeze(1)                               # (i, k) with i ∈ C_k
-            error = take(take(seed, rows), pair_row[hit]) - p[hit].detach()
+            error = take(seed, rows[pair_row[hit]]) - p[hit].detach()
             error = error ** 2 if self.seed_loss == "l2" else error.abs()
             terms["seed"] = per_group_mean(segment_sum(error, pair_cluster[hit], k) / n_k)
         # mean over the classes of each event, then over the events that have one
