@@ -38,14 +38,19 @@ def shares(averages) -> dict[str, float]:
     return out
 
 
-def main(argv=None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def network_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The network and batch options shared by the profiling scripts (paper size by default)."""
     ap.add_argument("--filters", type=int, default=32)
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--events", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def main(argv=None) -> Path:
+    ap = network_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--train-step", type=int, choices=(1, 2), default=None,
                     help="profile one training iteration of this stage (loss and Adam included)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (then CUDA kernels are counted too)")

@@ -20,6 +20,7 @@ import torch
 
 import spice.sparse.torch_backend as tb
 from bench_sparse import ROOT, fwd_bwd, machine
+from profile_model import network_arguments
 from spice.data import collate
 from spice.data.synthetic import generate
 from spice.model import SPICE
@@ -53,13 +54,7 @@ def timed(times: dict, fn, key):
 
 
 def main(argv=None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--filters", type=int, default=32)
-    ap.add_argument("--depth", type=int, default=6)
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--events", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = network_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--rows", type=int, default=24, help="shapes printed, largest time first")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -67,7 +62,7 @@ def main(argv=None) -> Path:
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
     batch = collate(generate(args.events, args.size, args.seed))
-    model = SPICE(filters=args.filters, depth=args.depth, spatial_size=args.size)
+    model = SPICE(filters=args.filters, depth=args.depth, reps=2, spatial_size=args.size, backend="torch").train()
     fwd_bwd(model, batch)                                   # warm-up: maps built, allocator warm
 
     times: dict = collections.defaultdict(lambda: [0.0, 0])
