@@ -48,6 +48,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install --upgrade pip
 	$(VENV)/bin/python -m pip install torch==2.13.0
 	$(VENV)/bin/python -m pip install -e '.[dev]'
+	$(VENV)/bin/python -m spice.sparse.cpu_fused
 	touch $@
 
 env-active:

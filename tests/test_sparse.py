@@ -1,7 +1,10 @@
 """The torch sparse backend against dense torch convolutions on the same random volume (float64)."""
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,7 +12,7 @@ import torch.nn.functional as F
 from dense_reference import dense_weight, densify, read
 
 from spice.sparse import SparseTensor, cat, get_backend
-from spice.sparse import layers
+from spice.sparse import cpu_fused, layers
 from spice.sparse.kernel_map import offsets3
 
 tb = get_backend("torch")
@@ -111,20 +114,36 @@ def test_gradcheck(op, gen):
     assert torch.autograd.gradcheck(fn, (feats, w), eps=1e-6, atol=1e-8)
 
 
+FUSED_MISSING = "the fused CPU kernels could not be built here (no g++ or ninja)"
+
+
 def force_route(monkeypatch, route: str, device: str = "cpu") -> None:
     """Make every route run as one GEMM ("table"), or as per-offset pairs: each offset's products scattered
-    into its rows ("pairs"), or each partial offset as its whole table column ("columns")."""
+    into its rows ("pairs"), or each partial offset as its whole table column ("columns"), or in the fused
+    CPU kernels wherever their widths allow ("fused"; the others turn those kernels off)."""
+    if route == "fused":
+        if cpu_fused.load() is None:
+            pytest.skip(FUSED_MISSING)
+        monkeypatch.setattr(cpu_fused, "WEIGHT_BYTES", 1 << 40)
+        return
+    monkeypatch.setattr(cpu_fused, "fits", lambda *args: False)
     monkeypatch.setitem(tb.PAIRS_MIN_WORK, device, (0, 0))
     monkeypatch.setitem(tb.PAIRS_FILL, device, -1.0 if route == "table" else 1.01)
     monkeypatch.setitem(tb.COLUMN_GAIN, device, 1e9 if route == "columns" else 0.0)
 
 
+def widths(route: str) -> tuple[int, int]:
+    """(Cin, Cout) of a test layer: small and odd, or multiples of the fused kernels' vector for "fused"."""
+    return (16, 32) if route == "fused" else (3, 4)
+
+
 @pytest.mark.parametrize("op", ["subm", "down", "up"])
-@pytest.mark.parametrize("chunk_bytes,route", [(1, "table"), (None, "table"), (None, "pairs"), (None, "columns")])
+@pytest.mark.parametrize("chunk_bytes,route", [(1, "table"), (None, "table"), (None, "pairs"), (None, "columns"),
+                                               (None, "fused")])
 def test_gradients_equal_dense_autograd(op, chunk_bytes, route, gen, monkeypatch):
     """Outputs and both gradients (features, weight) against autograd through dense conv3d (float64),
-    with the gather table (in 64-row chunks: many chunk boundaries; and default chunks) and as pairs
-    (scattered per offset, and by whole table columns)."""
+    with the gather table (in 64-row chunks: many chunk boundaries; and default chunks), as pairs
+    (scattered per offset, and by whole table columns) and in the fused CPU kernels."""
     if chunk_bytes is not None:
         monkeypatch.setitem(tb.CHUNK_BYTES, "cpu", chunk_bytes)
     force_route(monkeypatch, route)
@@ -133,8 +152,11 @@ def test_gradients_equal_dense_autograd(op, chunk_bytes, route, gen, monkeypatch
     coarse = tb.downsample_conv2(x0, torch.zeros(8, 1, 1, dtype=torch.float64))
     src = coarse if op == "up" else x0
     assert len(src) > 64 or op == "up"
-    feats = torch.randn(len(src), 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(27 if op == "subm" else 8, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    c_in, c_out = widths(route)
+    feats = torch.randn(len(src), c_in, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(27 if op == "subm" else 8, c_in, c_out, generator=gen, dtype=torch.float64, requires_grad=True)
+    if route == "fused":
+        assert cpu_fused.fits(feats, c_out, w) and cpu_fused.fits(feats, c_in, w)
     if op == "subm":
         out = tb.submanifold_conv3(x0.with_feats(feats), w)
         ref = read(F.conv3d(densify(fine, feats, 2, D), dense_weight(w, 3), padding=1), fine)
@@ -153,7 +175,7 @@ def test_gradients_equal_dense_autograd(op, chunk_bytes, route, gen, monkeypatch
         assert torch.allclose(a, b, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("route", ["table", "pairs", "columns"])
+@pytest.mark.parametrize("route", ["table", "pairs", "columns", "fused"])
 @pytest.mark.parametrize("wanted", ["feats", "weight"])
 def test_submanifold_one_gradient_equals_dense_autograd(route, wanted, gen, monkeypatch):
     """With only one gradient asked for (a first layer's input has none; a frozen layer's weight has none),
@@ -161,8 +183,9 @@ def test_submanifold_one_gradient_equals_dense_autograd(route, wanted, gen, monk
     force_route(monkeypatch, route)
     fine = random_sites(gen, batch=2, side=D, density=0.5)
     x0 = tb.make_input(fine, torch.zeros(fine.shape[0], 1, dtype=torch.float64))
-    feats = torch.randn(len(x0), 3, generator=gen, dtype=torch.float64, requires_grad=wanted == "feats")
-    w = torch.randn(27, 3, 4, generator=gen, dtype=torch.float64, requires_grad=wanted == "weight")
+    c_in, c_out = widths(route)
+    feats = torch.randn(len(x0), c_in, generator=gen, dtype=torch.float64, requires_grad=wanted == "feats")
+    w = torch.randn(27, c_in, c_out, generator=gen, dtype=torch.float64, requires_grad=wanted == "weight")
     out = tb.submanifold_conv3(x0.with_feats(feats), w)
     ref = read(F.conv3d(densify(fine, feats, 2, D), dense_weight(w, 3), padding=1), fine)
     r = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
@@ -204,6 +227,49 @@ def _run_twice(gen_seed):
 def test_deterministic_on_cpu():
     a, b = _run_twice(7), _run_twice(7)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def _fused_run(threads: int) -> list[torch.Tensor]:
+    """_run_twice's layers at width 16 (float32), in the fused kernels, on `threads` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(3)
+        coords = random_sites(g, batch=2, side=10, density=0.3)
+        feats = torch.randn(coords.shape[0], 16, generator=g, requires_grad=True)
+        w3, w2 = ((0.1 * torch.randn(k, 16, 16, generator=g)).requires_grad_() for k in (27, 8))
+        x = tb.make_input(coords, feats)
+        z = tb.upsample_conv2(tb.downsample_conv2(tb.submanifold_conv3(x, w3), w2), w2, x)
+        (z.feats * torch.randn(z.feats.shape, generator=g)).sum().backward()
+        return [z.feats.detach(), feats.grad, w3.grad, w2.grad]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fused_kernels_do_not_depend_on_the_thread_count():
+    """Each output element of the fused kernels is summed by one thread in a fixed order: one thread and
+    two give the very same bits, and the torch routes agree to float32 rounding."""
+    if cpu_fused.load() is None:
+        pytest.skip(FUSED_MISSING)
+    one, two = _fused_run(1), _fused_run(2)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpu_fused, "fits", lambda *args: False)
+        routes = _fused_run(2)
+    for a, b in zip(one, routes):
+        assert not torch.equal(a, b) or a.abs().max() == 0  # another summation order, so not the same bits
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+def test_fused_kernels_can_be_turned_off():
+    """SPICE_FUSED_CPU=0: no build, the torch routes run, the same layer still works."""
+    code = ("import torch; from spice.sparse import cpu_fused, get_backend; tb = get_backend('torch');"
+            "x = tb.make_input(torch.tensor([[0, 1, 1, 1], [0, 1, 1, 2]]), torch.ones(2, 16));"
+            "y = tb.submanifold_conv3(x, torch.ones(27, 16, 16));"
+            "print(cpu_fused.load() is None, float(y.feats[0, 0]))")
+    env = dict(os.environ, SPICE_FUSED_CPU="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "32.0"]
 
 
 def test_kernel_maps_are_cached_per_level(gen):

@@ -1,0 +1,109 @@
+"""The torch backend's fused CPU kernels (cpu_kernels.cpp): each output row summed in registers from its
+input rows, with no gathered block, no per-offset GEMM and no scatter.
+
+The C++ source is compiled once per machine kind on first use (torch.utils.cpp_extension, g++ and ninja,
+about 30 s; `make env` does it), with -march=native, into torch's extension folder under a name that
+carries a hash of the CPU's feature flags, so a build is never loaded on a CPU that lacks its
+instructions. Where it cannot be built the torch backend says so in one line and runs its torch routes;
+SPICE_FUSED_CPU=0 turns the kernels off (to time the torch routes against them).
+
+Each kernel's sums run in a fixed order and each output element is written by one thread, so results
+are the same whatever the number of threads. The kernels need the product's width (Cout; Cin for an
+input gradient) to be a multiple of their vector's elements (16 float32 with AVX-512, else 8; half
+that in float64), and the forward and input-gradient products to have weights within WEIGHT_BYTES (`fits`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from .kernel_map import Gather, Pick
+
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+FLAGS = ["-O3", "-march=native", "-fopenmp"]
+# A row's products stream its offsets' weights from cache; above this the weights leave L2 and the GEMM routes
+# win (measured at 25k sites of 3^3 pairs: fused ahead up to 64 x 64 channels (442 KiB), behind at 128 x 128).
+WEIGHT_BYTES = 512 << 10
+_module = None
+_failed: str | None = None
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux /proc/cpuinfo), else the platform's name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def extension_name() -> str:
+    """spice_cpu_kernels_<hash of the source, the flags and the CPU's features>."""
+    digest = hashlib.sha1(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_flags().encode()).hexdigest()[:12]
+    return f"spice_cpu_kernels_{digest}"
+
+
+def load(verbose: bool = False):
+    """The compiled kernels (built on first use), or None where they cannot be built or are turned off."""
+    global _module, _failed
+    if _module is not None or _failed is not None:
+        return _module
+    if os.environ.get("SPICE_FUSED_CPU", "1").strip() == "0":
+        _failed = "turned off by SPICE_FUSED_CPU=0"
+        return None
+    try:
+        from torch.utils.cpp_extension import load as build
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _module = build(name=extension_name(), sources=[str(SOURCE)], extra_cflags=FLAGS,
+                            extra_ldflags=["-fopenmp"], verbose=verbose)
+    except Exception as err:  # no compiler, no ninja, a failed build: the torch routes still work
+        _failed = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+        print(f"spice: fused CPU sparse kernels unavailable ({_failed}); using the torch routes", file=sys.stderr)
+    return _module
+
+
+def fits(src: torch.Tensor, width: int, weight: torch.Tensor | None = None) -> bool:
+    """Whether a product of `width` output columns from `src` (through `weight`, when given) runs in the
+    fused kernels: on the CPU, in float32 or float64, `width` a multiple of the vector's elements, and
+    the weight within WEIGHT_BYTES."""
+    if src.device.type != "cpu" or src.dtype not in (torch.float32, torch.float64) or load() is None:
+        return False
+    size = src.element_size()
+    if weight is not None and weight.numel() * size > WEIGHT_BYTES:
+        return False
+    return width % (_module.vector_bytes() // size) == 0
+
+
+def gather_mm(src: torch.Tensor, route: Gather, weight: torch.Tensor) -> torch.Tensor:
+    """out[i] = Σ_k src[table[i, k]] @ weight[k] over the present entries: src (n_src, C),
+    weight [K, C, C'] -> (n_out, C')."""
+    lists = route.pair_lists(src.shape[0])
+    return _module.rows_mm(src.contiguous(), lists.row_ptr, lists.row_k, lists.row_j, weight.contiguous())
+
+
+def gather_tmm(src: torch.Tensor, route: Gather, other: torch.Tensor) -> torch.Tensor:
+    """Weight gradient [K, C, C']: block k = Σ_i src[table[i, k]]ᵀ other[i]; src (n_src, C), other (n_out, C')."""
+    lists = route.pair_lists(src.shape[0])
+    return _module.offset_tmm(src.contiguous(), lists.k_ptr, lists.k_i, lists.k_j, other.contiguous())
+
+
+def pick_mm(src: torch.Tensor, route: Pick, weight: torch.Tensor) -> torch.Tensor:
+    """out[i] = src[cell[i] // K] @ weight[cell[i] % K] (zero where absent): src (n_src, C), weight [K, C, C']."""
+    return _module.pick_mm(src.contiguous(), route.cell.contiguous(), weight.contiguous())
+
+
+if __name__ == "__main__":  # `make env`: build the kernels once, say which
+    module = load(verbose=False)
+    if module is None:
+        print(f"fused CPU sparse kernels: not built ({_failed}); the torch routes will run")
+    else:
+        print(f"fused CPU sparse kernels: {extension_name()} ({module.vector_bytes()}-byte vectors)")

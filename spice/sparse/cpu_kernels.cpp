@@ -1,0 +1,256 @@
+// Fused sparse-convolution kernels for the CPU (issue 12): each output row's products are summed in
+// registers straight from the input rows, with no gathered block, no per-offset GEMM and no scatter.
+//
+// A convolution's pairs (output row i, kernel offset k, input row j) come in two compact orders, built
+// once per map by spice/sparse/cpu_fused.py:
+//   by row:    row_ptr (n_out + 1), row_k (P), row_j (P)   -- the pairs of row i, offsets ascending;
+//   by offset: k_ptr (K + 1), k_i (P), k_j (P)             -- the pairs of offset k, rows ascending.
+//
+//   rows_mm:   out[i]   = sum over i's pairs of src[j] @ W[k]        (forward, input gradient)
+//   pick_mm:   out[i]   = src[cell_i / K] @ W[cell_i % K]            (one pair per row, or a zero row)
+//   offset_tmm: dW[k]   = sum over k's pairs of src[j]^T other[i]    (weight gradient)
+//
+// Shapes: src (n_src, Cin), W (K, Cin, Cout), other and out (n, Cout), all contiguous, Cout a multiple
+// of the vector width (`vector_bytes`: 64 where the compiler targets AVX-512, else 32). Every sum runs in a
+// fixed order (pairs ascending, channels ascending) and each output element is written by one thread, so
+// results do not depend on the number of threads. Vectors are GCC vector extensions (-march=native).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+#ifdef __AVX512F__
+constexpr int VECTOR_BYTES = 64;
+#else
+constexpr int VECTOR_BYTES = 32;
+#endif
+
+template <typename T>
+struct Vec {
+  static constexpr int L = VECTOR_BYTES / sizeof(T);
+  typedef T type __attribute__((vector_size(VECTOR_BYTES)));
+};
+
+template <typename V, typename T>
+inline V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename T>
+inline void store(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+constexpr int MAX_NV = 256 / VECTOR_BYTES;  // vectors per column tile (64 floats, 32 doubles)
+
+// Independent accumulator sets of a row tile: enough chains of FMAs to hide their latency (about 8 in flight).
+template <int NV>
+constexpr int sets() { return NV == 1 ? 4 : NV == 2 ? 4 : NV <= 4 ? 2 : 1; }
+
+// out[i, col0 : col0 + NV*L] for rows [r0, r1) from their pairs. Channel c of each pair adds into
+// accumulator set c % S; the sets are summed in order at the end of the row.
+template <typename T, int NV>
+void rows_tile(const T* src, int64_t cin, const int32_t* row_ptr, const int32_t* row_k, const int32_t* row_j,
+               const T* w, int64_t cout, int64_t col0, T* out, int64_t r0, int64_t r1) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L;
+  constexpr int S = sets<NV>();
+  const int64_t c_full = cin - cin % S;
+  for (int64_t i = r0; i < r1; ++i) {
+    V acc[S][NV];
+    for (int s = 0; s < S; ++s)
+      for (int v = 0; v < NV; ++v) acc[s][v] = V{};
+    for (int32_t p = row_ptr[i]; p < row_ptr[i + 1]; ++p) {
+      const T* x = src + static_cast<int64_t>(row_j[p]) * cin;
+      const T* wk = w + static_cast<int64_t>(row_k[p]) * cin * cout + col0;
+      int64_t c = 0;
+      for (; c < c_full; c += S) {
+        for (int s = 0; s < S; ++s) {
+          const T xc = x[c + s];
+          const T* wr = wk + (c + s) * cout;
+          for (int v = 0; v < NV; ++v) acc[s][v] += xc * load<V>(wr + v * L);
+        }
+      }
+      for (; c < cin; ++c) {
+        const T xc = x[c];
+        const T* wr = wk + c * cout;
+        for (int v = 0; v < NV; ++v) acc[0][v] += xc * load<V>(wr + v * L);
+      }
+    }
+    for (int s = 1; s < S; ++s)
+      for (int v = 0; v < NV; ++v) acc[0][v] += acc[s][v];
+    for (int v = 0; v < NV; ++v) store(out + i * cout + col0 + v * L, acc[0][v]);
+  }
+}
+
+// out[i, tile] = src[q] @ W[k][:, tile] for the one (q, k) of row i (cell = q*K + k), zero where cell >= n_src*K.
+template <typename T, int NV>
+void pick_tile(const T* src, int64_t cin, const int64_t* cell, int64_t kernel, int64_t n_src, const T* w,
+               int64_t cout, int64_t col0, T* out, int64_t r0, int64_t r1) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L;
+  const int64_t absent = n_src * kernel;
+  for (int64_t i = r0; i < r1; ++i) {
+    V acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = V{};
+    const int64_t c_i = cell[i];
+    if (c_i < absent) {
+      const T* x = src + (c_i / kernel) * cin;
+      const T* wk = w + (c_i % kernel) * cin * cout + col0;
+      for (int64_t c = 0; c < cin; ++c) {
+        const T xc = x[c];
+        const T* wr = wk + c * cout;
+        for (int v = 0; v < NV; ++v) acc[v] += xc * load<V>(wr + v * L);
+      }
+    }
+    for (int v = 0; v < NV; ++v) store(out + i * cout + col0 + v * L, acc[v]);
+  }
+}
+
+// dw[c0 : c0 + CB, tile] of one offset += sum over pairs [p0, p1) of src[j_p, c0 : c0 + CB]^T other[i_p, tile].
+template <typename T, int NV, int CB>
+void tmm_block(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j, int64_t p0, int64_t p1,
+               const T* other, int64_t cout, int64_t col0, int64_t c0, T* dw) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L;
+  V acc[CB][NV];
+  for (int b = 0; b < CB; ++b)
+    for (int v = 0; v < NV; ++v) acc[b][v] = load<V>(dw + (c0 + b) * cout + col0 + v * L);
+  for (int64_t p = p0; p < p1; ++p) {
+    const T* g = other + static_cast<int64_t>(k_i[p]) * cout + col0;
+    const T* x = src + static_cast<int64_t>(k_j[p]) * cin + c0;
+    V gv[NV];
+    for (int v = 0; v < NV; ++v) gv[v] = load<V>(g + v * L);
+    for (int b = 0; b < CB; ++b) {
+      const T xb = x[b];
+      for (int v = 0; v < NV; ++v) acc[b][v] += xb * gv[v];
+    }
+  }
+  for (int b = 0; b < CB; ++b)
+    for (int v = 0; v < NV; ++v) store(dw + (c0 + b) * cout + col0 + v * L, acc[b][v]);
+}
+
+// One offset's dw tile over pairs [p0, p1): pairs in chunks whose rows stay in L1 (about 16 KiB of `other`),
+// every channel block of a chunk before the next chunk; dw starts at zero.
+template <typename T, int NV>
+void tmm_tile(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j, int64_t p0, int64_t p1,
+              const T* other, int64_t cout, int64_t col0, T* dw) {
+  constexpr int CB = NV == 1 ? 8 : NV == 2 ? 4 : NV <= 4 ? 2 : 1;
+  const int64_t chunk = std::max<int64_t>(16, 16384 / static_cast<int64_t>(sizeof(T) * cout));
+  for (int64_t a = p0; a < p1; a += chunk) {
+    const int64_t b = std::min(p1, a + chunk);
+    int64_t c0 = 0;
+    for (; c0 + CB <= cin; c0 += CB) tmm_block<T, NV, CB>(src, cin, k_i, k_j, a, b, other, cout, col0, c0, dw);
+    for (; c0 < cin; ++c0) tmm_block<T, NV, 1>(src, cin, k_i, k_j, a, b, other, cout, col0, c0, dw);
+  }
+}
+
+// Runs BODY with NV (a constant) and col0 for each column tile of cout (MAX_NV vectors, the last one shorter).
+#define SPICE_TILES(T, cout, BODY)                                            \
+  do {                                                                        \
+    constexpr int L_ = Vec<T>::L;                                             \
+    for (int64_t col0 = 0; col0 < (cout); col0 += MAX_NV * L_) {              \
+      const int nv = static_cast<int>(std::min<int64_t>(MAX_NV, ((cout) - col0) / L_)); \
+      switch (nv) {                                                           \
+        case 1: { constexpr int NV = 1; BODY; break; }                        \
+        case 2: { constexpr int NV = 2; BODY; break; }                        \
+        case 3: { constexpr int NV = 3; BODY; break; }                        \
+        case 4: { constexpr int NV = 4; BODY; break; }                        \
+        case 5: { constexpr int NV = 5; BODY; break; }                        \
+        case 6: { constexpr int NV = 6; BODY; break; }                        \
+        case 7: { constexpr int NV = 7; BODY; break; }                        \
+        default: { constexpr int NV = MAX_NV; BODY; break; }                  \
+      }                                                                       \
+    }                                                                         \
+  } while (0)
+
+void check(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), what, " must be a contiguous CPU tensor");
+}
+
+int64_t grain(int64_t cin, int64_t cout, int64_t pairs_per_row) {
+  return std::max<int64_t>(64, 32768 / std::max<int64_t>(1, cin * cout / 16 * pairs_per_row));
+}
+
+}  // namespace
+
+// out (n, Cout) = for each row, the sum of src[j] @ W[k] over its pairs.
+at::Tensor rows_mm(const at::Tensor& src, const at::Tensor& row_ptr, const at::Tensor& row_k,
+                   const at::Tensor& row_j, const at::Tensor& weight) {
+  check(src, "src"); check(row_ptr, "row_ptr"); check(row_k, "row_k"); check(row_j, "row_j"); check(weight, "weight");
+  const int64_t n = row_ptr.size(0) - 1, cin = src.size(1), cout = weight.size(2);
+  TORCH_CHECK(weight.size(1) == cin && weight.scalar_type() == src.scalar_type(), "rows_mm: weight does not match src");
+  auto out = at::empty({n, cout}, src.options());
+  const int64_t pairs = row_k.size(0);
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "rows_mm", [&] {
+    TORCH_CHECK(cout % Vec<scalar_t>::L == 0, "rows_mm: Cout must be a multiple of ", Vec<scalar_t>::L);
+    const scalar_t* s = src.data_ptr<scalar_t>();
+    const scalar_t* w = weight.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int32_t* rp = row_ptr.data_ptr<int32_t>();
+    const int32_t* rk = row_k.data_ptr<int32_t>();
+    const int32_t* rj = row_j.data_ptr<int32_t>();
+    at::parallel_for(0, n, grain(cin, cout, pairs / std::max<int64_t>(n, 1) + 1), [&](int64_t r0, int64_t r1) {
+      SPICE_TILES(scalar_t, cout, (rows_tile<scalar_t, NV>(s, cin, rp, rk, rj, w, cout, col0, o, r0, r1)));
+    });
+  });
+  return out;
+}
+
+// out (n, Cout): row i is src[cell_i / K] @ W[cell_i % K], or zero where cell_i >= n_src * K.
+at::Tensor pick_mm(const at::Tensor& src, const at::Tensor& cell, const at::Tensor& weight) {
+  check(src, "src"); check(cell, "cell"); check(weight, "weight");
+  const int64_t n = cell.size(0), cin = src.size(1), kernel = weight.size(0), cout = weight.size(2);
+  TORCH_CHECK(weight.size(1) == cin && weight.scalar_type() == src.scalar_type(), "pick_mm: weight does not match src");
+  auto out = at::empty({n, cout}, src.options());
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "pick_mm", [&] {
+    TORCH_CHECK(cout % Vec<scalar_t>::L == 0, "pick_mm: Cout must be a multiple of ", Vec<scalar_t>::L);
+    const scalar_t* s = src.data_ptr<scalar_t>();
+    const scalar_t* w = weight.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t* c = cell.data_ptr<int64_t>();
+    const int64_t n_src = src.size(0);
+    at::parallel_for(0, n, grain(cin, cout, 1), [&](int64_t r0, int64_t r1) {
+      SPICE_TILES(scalar_t, cout, (pick_tile<scalar_t, NV>(s, cin, c, kernel, n_src, w, cout, col0, o, r0, r1)));
+    });
+  });
+  return out;
+}
+
+// dW (K, Cin, Cout): dW[k] = sum over the pairs of offset k of src[j]^T other[i]; offsets split among threads.
+at::Tensor offset_tmm(const at::Tensor& src, const at::Tensor& k_ptr, const at::Tensor& k_i, const at::Tensor& k_j,
+                      const at::Tensor& other) {
+  check(src, "src"); check(k_ptr, "k_ptr"); check(k_i, "k_i"); check(k_j, "k_j"); check(other, "other");
+  const int64_t kernel = k_ptr.size(0) - 1, cin = src.size(1), cout = other.size(1);
+  TORCH_CHECK(other.scalar_type() == src.scalar_type(), "offset_tmm: other does not match src");
+  auto dw = at::zeros({kernel, cin, cout}, src.options());
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "offset_tmm", [&] {
+    TORCH_CHECK(cout % Vec<scalar_t>::L == 0, "offset_tmm: Cout must be a multiple of ", Vec<scalar_t>::L);
+    const scalar_t* s = src.data_ptr<scalar_t>();
+    const scalar_t* g = other.data_ptr<scalar_t>();
+    scalar_t* d = dw.data_ptr<scalar_t>();
+    const int32_t* kp = k_ptr.data_ptr<int32_t>();
+    const int32_t* ki = k_i.data_ptr<int32_t>();
+    const int32_t* kj = k_j.data_ptr<int32_t>();
+    at::parallel_for(0, kernel, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        scalar_t* dk = d + k * cin * cout;
+        SPICE_TILES(scalar_t, cout, (tmm_tile<scalar_t, NV>(s, cin, ki, kj, kp[k], kp[k + 1], g, cout, col0, dk)));
+      }
+    });
+  });
+  return dw;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("vector_bytes", [] { return VECTOR_BYTES; }, "bytes per vector of these kernels (32 or 64)");
+  m.def("rows_mm", &rows_mm, "out[i] = sum over row i's pairs of src[j] @ W[k]");
+  m.def("pick_mm", &pick_mm, "out[i] = src[cell_i / K] @ W[cell_i % K]");
+  m.def("offset_tmm", &offset_tmm, "dW[k] = sum over offset k's pairs of src[j]^T other[i]");
+}
