@@ -4,7 +4,7 @@ Wraps the torch backend's three route calls (spice.sparse.torch_backend.route_mm
 gradients; mirrored_grads: both gradients of a submanifold layer; route_tmm: other weight gradients) with
 a wall-clock timer, runs one warm-up and one timed forward+backward of SPICE(filters, depth) on `--events`
 generated events of grid `--size`, and prints the time per (call, route kind, table or pairs, sites,
-K, the layer's Cin and Cout, fill), largest first. route_mm is also the input gradient of down, up and
+K, the layer's Cin and Cout, fill), largest first; the mode is "fused" where the fused CPU kernels run it. route_mm is also the input gradient of down, up and
 non-mirrored layers, with the widths of that product (Cout -> Cin). CPU only (the calls are synchronous there).
 
     .venv/bin/python benchmarks/route_times.py [--filters 32] [--depth 6] [--size 512] [--events 8] [--threads 2]
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import spice.sparse.torch_backend as tb
+from spice.sparse import cpu_fused
 from bench_sparse import ROOT, fwd_bwd, machine
 from profile_model import network_arguments
 from spice.data import collate
@@ -27,8 +28,15 @@ from spice.model import SPICE
 from spice.sparse.kernel_map import Gather
 
 
+def fused(k: int | None, c_in: int, c_out: int) -> bool:
+    """Whether torch_backend runs a float32 (Cin -> Cout) product in the fused CPU kernels (cpu_fused.fits);
+    k: the kernel volume when its weight [k, Cin, Cout] must fit the kernels' cache budget (not for weight grads)."""
+    weight = None if k is None else torch.empty(k, c_in, c_out, device="meta")
+    return cpu_fused.fits(torch.empty(0, c_in), c_out, weight)
+
+
 def mode(route, n_src: int, c_in: int, c_out: int, device) -> str:
-    """'pairs' or 'table'/'pick', the way torch_backend runs this route."""
+    """'pairs' or 'table'/'pick', the way torch_backend's torch routes run this route."""
     if tb.use_pairs(route, n_src, c_in, c_out, device):
         return "pairs"
     return "table" if isinstance(route, Gather) else "pick"
@@ -38,6 +46,12 @@ def shape_of(call: str, route, n_src: int, k: int, c_in: int, c_out: int, device
     """The row key: the layer's (Cin, Cout); `transposed` when the route multiplies by Wᵀ (Cout -> Cin)."""
     kind = "gather" if isinstance(route, Gather) else "pick"
     how = mode(route, n_src, c_out, c_in, device) if transposed else mode(route, n_src, c_in, c_out, device)
+    if call == "weight grad":
+        how = "fused" if fused(None, c_in, c_out) else how
+    elif call == "submanifold backward":
+        how = "fused" if fused(k, c_out, c_in) and fused(None, c_in, c_out) else how
+    else:
+        how = "fused" if (fused(k, c_out, c_in) if transposed else fused(k, c_in, c_out)) else how
     return (call, kind, how, n_src, k, c_in, c_out, round(route.fill(n_src), 2))
 
 

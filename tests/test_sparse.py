@@ -13,7 +13,7 @@ from dense_reference import dense_weight, densify, read
 
 from spice.sparse import SparseTensor, cat, get_backend
 from spice.sparse import cpu_fused, layers
-from spice.sparse.kernel_map import offsets3
+from spice.sparse.kernel_map import SiteIndex, downsample_map, make_cache, offsets3, submanifold_map
 
 tb = get_backend("torch")
 D = 6  # dense grid side (even, so stride-2 cells tile it)
@@ -259,6 +259,51 @@ def test_fused_kernels_do_not_depend_on_the_thread_count():
     for a, b in zip(one, routes):
         assert not torch.equal(a, b) or a.abs().max() == 0  # another summation order, so not the same bits
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+@pytest.fixture(scope="module")
+def fused_builds():
+    """The fused kernels as built here, and (on an AVX-512 CPU) built again without AVX-512, as on CPUs that
+    lack it: 64- and 32-byte vectors, other column tiles and accumulator sets."""
+    if cpu_fused.load() is None:
+        pytest.skip(FUSED_MISSING)
+    builds = {cpu_fused.load().vector_bytes(): cpu_fused.load()}
+    if 32 not in builds:
+        builds[32] = cpu_fused.build(cpu_fused.FLAGS + ["-mno-avx512f"])
+    return builds
+
+
+@pytest.mark.parametrize("vector_bytes", [32, 64])
+def test_fused_kernels_equal_plain_products(vector_bytes, fused_builds, gen):
+    """rows_mm, offset_tmm and pick_mm of each build against the same sums written as dense torch products over
+    the padded neighbour table (float64), at widths that need several column tiles and a partial channel block."""
+    if vector_bytes not in fused_builds:
+        pytest.skip("this CPU has no AVX-512: only the 32-byte build exists")
+    module = fused_builds[vector_bytes]
+    assert module.vector_bytes() == vector_bytes
+    coords = random_sites(gen, batch=2, side=D, density=0.5)
+    radix = make_cache(coords).radix
+    subm = submanifold_map(SiteIndex.build(coords, radix), coords, radix)
+    _, down = downsample_map(coords, radix)
+    lanes = vector_bytes // 8
+    for c_in, c_out in ((5, 3 * lanes), (9, 10 * lanes)):
+        for route, n_src in ((subm.forward, len(coords)), (down.forward, len(coords))):
+            k = route.table.shape[1]
+            src = torch.randn(n_src, c_in, generator=gen, dtype=torch.float64)
+            w = torch.randn(k, c_in, c_out, generator=gen, dtype=torch.float64)
+            other = torch.randn(route.table.shape[0], c_out, generator=gen, dtype=torch.float64)
+            rows = torch.cat([src, src.new_zeros(1, c_in)])[route.table]         # (n, K, Cin), zero rows where absent
+            lists = route.pair_lists(n_src)
+            got = module.rows_mm(src, lists.row_ptr, lists.row_k, lists.row_j, w)
+            assert torch.allclose(got, torch.einsum("nkc,kcd->nd", rows, w), atol=1e-12, rtol=0)
+            got = module.offset_tmm(src, lists.k_ptr, lists.k_i, lists.k_j, other)
+            assert torch.allclose(got, torch.einsum("nkc,nd->kcd", rows, other), atol=1e-11, rtol=0)
+        pick = down.backward                                                      # each fine site's (parent, parity)
+        coarse = torch.randn(down.n_out, c_in, generator=gen, dtype=torch.float64)
+        w = torch.randn(8, c_in, c_out, generator=gen, dtype=torch.float64)
+        products = torch.cat([torch.einsum("qc,kcd->qkd", coarse, w).reshape(-1, c_out), coarse.new_zeros(1, c_out)])
+        got = module.pick_mm(coarse, pick.cell, w)
+        assert torch.allclose(got, products[pick.cell], atol=1e-12, rtol=0)
 
 
 def test_fused_kernels_can_be_turned_off():

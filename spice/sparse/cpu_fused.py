@@ -45,10 +45,19 @@ def _cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
-def extension_name() -> str:
+def extension_name(flags: list[str] = FLAGS) -> str:
     """spice_cpu_kernels_<hash of the source, the flags and the CPU's features>."""
-    digest = hashlib.sha1(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_flags().encode()).hexdigest()[:12]
+    digest = hashlib.sha1(SOURCE.read_bytes() + " ".join(flags).encode() + _cpu_flags().encode()).hexdigest()[:12]
     return f"spice_cpu_kernels_{digest}"
+
+
+def build(flags: list[str] = FLAGS, verbose: bool = False):
+    """Compile the kernels with `flags` (or load that build, made before); raises where it fails."""
+    from torch.utils.cpp_extension import load as compile_extension
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compile_extension(name=extension_name(flags), sources=[str(SOURCE)], extra_cflags=flags,
+                                 extra_ldflags=["-fopenmp"], verbose=verbose)
 
 
 def load(verbose: bool = False):
@@ -60,11 +69,7 @@ def load(verbose: bool = False):
         _failed = "turned off by SPICE_FUSED_CPU=0"
         return None
     try:
-        from torch.utils.cpp_extension import load as build
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _module = build(name=extension_name(), sources=[str(SOURCE)], extra_cflags=FLAGS,
-                            extra_ldflags=["-fopenmp"], verbose=verbose)
+        _module = build(FLAGS, verbose)
     except Exception as err:  # no compiler, no ninja, a failed build: the torch routes still work
         _failed = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
         print(f"spice: fused CPU sparse kernels unavailable ({_failed}); using the torch routes", file=sys.stderr)
