@@ -306,6 +306,21 @@ def test_fused_kernels_equal_plain_products(vector_bytes, fused_builds, gen):
         assert torch.allclose(got, products[pick.cell], atol=1e-12, rtol=0)
 
 
+def test_stale_build_lock_is_removed(tmp_path, monkeypatch):
+    """An interrupted build leaves `lock` in its folder, on which torch would wait forever: one older than
+    STALE_LOCK_S is removed, a recent one (a build running in another process) is kept."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folder = cpu_fused.build_directory("spice_test_kernels")
+    assert folder == tmp_path / "spice_test_kernels" and folder.is_dir()
+    lock = folder / "lock"
+    lock.write_text("")
+    assert cpu_fused.build_directory("spice_test_kernels") == folder and lock.exists()
+    old = lock.stat().st_mtime - cpu_fused.STALE_LOCK_S - 1
+    os.utime(lock, (old, old))
+    cpu_fused.build_directory("spice_test_kernels")
+    assert not lock.exists()
+
+
 def test_fused_kernels_can_be_turned_off():
     """SPICE_FUSED_CPU=0: no build, the torch routes run, the same layer still works."""
     code = ("import torch; from spice.sparse import cpu_fused, get_backend; tb = get_backend('torch');"

@@ -2,9 +2,10 @@
 input rows, with no gathered block, no per-offset GEMM and no scatter.
 
 The C++ source is compiled once per machine kind on first use (torch.utils.cpp_extension, g++ and ninja,
-about 30 s; `make env` does it), with -march=native, into torch's extension folder under a name that
-carries a hash of the CPU's feature flags, so a build is never loaded on a CPU that lacks its
-instructions. Where it cannot be built the torch backend says so in one line and runs its torch routes;
+about 30 s; `make env` does it), with -march=native, into $TORCH_EXTENSIONS_DIR (else
+~/.cache/torch_extensions) under a name that carries a hash of the source, the CPU's feature flags and the
+torch and Python versions, so a build is never loaded on a CPU that lacks its instructions or beside
+another torch. Where it cannot be built the torch backend says so in one line and runs its torch routes;
 SPICE_FUSED_CPU=0 turns the kernels off (to time the torch routes against them).
 
 Each kernel's sums run in a fixed order and each output element is written by one thread, so results
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -29,6 +31,7 @@ FLAGS = ["-O3", "-march=native", "-fopenmp"]
 # A row's products stream its offsets' weights from cache; above this the weights leave L2 and the GEMM routes
 # win (measured at 25k sites of 3^3 pairs: fused ahead up to 64 x 64 channels (442 KiB), behind at 128 x 128).
 WEIGHT_BYTES = 512 << 10
+STALE_LOCK_S = 600  # a build takes about 30 s; a lock this old was left by an interrupted one
 _module = None
 _failed: str | None = None
 
@@ -46,18 +49,40 @@ def _cpu_flags() -> str:
 
 
 def extension_name(flags: list[str] = FLAGS) -> str:
-    """spice_cpu_kernels_<hash of the source, the flags and the CPU's features>."""
-    digest = hashlib.sha1(SOURCE.read_bytes() + " ".join(flags).encode() + _cpu_flags().encode()).hexdigest()[:12]
+    """spice_cpu_kernels_<hash of the source, the flags, the CPU's features, torch's and Python's versions>."""
+    key = [" ".join(flags), _cpu_flags(), torch.__version__, sys.version]
+    digest = hashlib.sha1(SOURCE.read_bytes() + "\n".join(key).encode()).hexdigest()[:12]
     return f"spice_cpu_kernels_{digest}"
+
+
+def build_directory(name: str) -> Path:
+    """$TORCH_EXTENSIONS_DIR (else ~/.cache/torch_extensions) / name, made if absent. A build lock older
+    than STALE_LOCK_S is removed (an interrupted build leaves it, and torch would wait on it forever)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "torch_extensions")
+    path = Path(root) / name
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            print(f"spice: removing the stale build lock {lock} (left by an interrupted build)", file=sys.stderr)
+            lock.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+    return path
 
 
 def build(flags: list[str] = FLAGS, verbose: bool = False):
     """Compile the kernels with `flags` (or load that build, made before); raises where it fails."""
     from torch.utils.cpp_extension import load as compile_extension
+    name = extension_name(flags)
+    folder = build_directory(name)
+    if not any(folder.glob("*.so")):
+        print(f"spice: compiling the fused CPU sparse kernels into {folder} (once per machine, about 30 s)",
+              file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return compile_extension(name=extension_name(flags), sources=[str(SOURCE)], extra_cflags=flags,
-                                 extra_ldflags=["-fopenmp"], verbose=verbose)
+        return compile_extension(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                                 build_directory=str(folder), verbose=verbose)
 
 
 def load(verbose: bool = False):
