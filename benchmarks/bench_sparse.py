@@ -41,13 +41,15 @@ from spice.train import train_step
 ROOT = Path(__file__).resolve().parents[1]
 LANDED_REV = "3be9289ab39203c0d3ba44a7778287f3df94bff0"  # the torch backend before issue 12
 LANDED_FILES = ("tensor.py", "kernel_map.py", "torch_backend.py")
+FUSED_FILES = ("cpu_fused.py", "cpu_kernels.cpp")  # copied too where the revision has them (from 763e74d)
 
 
 def register_rev(name: str, rev: str, source: str | None = None) -> bool:
     """Make the sparse backend of git `rev` selectable as backend `name` (package spice_<name>).
 
     Its files come from `git show rev:spice/sparse/...`, or from the folder `source` when given (one
-    holding those three files, e.g. on a machine without the git history). False when neither works.
+    holding those three files, e.g. on a machine without the git history), with its fused CPU kernels where
+    it has them (compiled on first use under their own name). False when neither works.
     """
     if name in sparse.BACKENDS:
         return True
@@ -59,6 +61,11 @@ def register_rev(name: str, rev: str, source: str | None = None) -> bool:
                 ["git", "show", f"{rev}:spice/sparse/{file}"], cwd=ROOT, capture_output=True, text=True,
                 check=True).stdout
             (folder / file).write_text(text)
+        for file in FUSED_FILES if not source else ():
+            shown = subprocess.run(["git", "show", f"{rev}:spice/sparse/{file}"], cwd=ROOT, capture_output=True,
+                                   text=True)
+            if shown.returncode == 0:
+                (folder / file).write_text(shown.stdout)
     except (OSError, subprocess.CalledProcessError) as err:
         print(f"bench_sparse: the {name} backend ({rev[:7]}) is unavailable: {err}", file=sys.stderr)
         return False

@@ -28,11 +28,14 @@ from spice.model import SPICE
 from spice.sparse.kernel_map import Gather
 
 
-def fused(k: int | None, c_in: int, c_out: int) -> bool:
-    """Whether torch_backend runs a float32 (Cin -> Cout) product in the fused CPU kernels (cpu_fused.fits);
-    k: the kernel volume when its weight [k, Cin, Cout] must fit the kernels' cache budget (not for weight grads)."""
-    weight = None if k is None else torch.empty(k, c_in, c_out, device="meta")
-    return cpu_fused.fits(torch.empty(0, c_in), c_out, weight)
+def fused(route, k: int | None, c_in: int, c_out: int) -> bool:
+    """Whether torch_backend runs a float32 (Cin -> Cout) product of `route` in the fused CPU kernels
+    (cpu_fused.fits; a Pick's weight [k, Cin, Cout] must also fit the kernels' cache budget, cpu_fused.fits_pick;
+    k None: a weight gradient)."""
+    src = torch.empty(0, c_in)
+    if k is None or isinstance(route, Gather):
+        return cpu_fused.fits(src, c_out)
+    return cpu_fused.fits_pick(src, torch.empty(k, c_in, c_out, device="meta"))
 
 
 def mode(route, n_src: int, c_in: int, c_out: int, device) -> str:
@@ -47,11 +50,11 @@ def shape_of(call: str, route, n_src: int, k: int, c_in: int, c_out: int, device
     kind = "gather" if isinstance(route, Gather) else "pick"
     how = mode(route, n_src, c_out, c_in, device) if transposed else mode(route, n_src, c_in, c_out, device)
     if call == "weight grad":
-        how = "fused" if fused(None, c_in, c_out) else how
+        how = "fused" if fused(route, None, c_in, c_out) else how
     elif call == "submanifold backward":
-        how = "fused" if fused(k, c_out, c_in) and fused(None, c_in, c_out) else how
+        how = "fused" if fused(route, None, c_in, c_out) and fused(route, k, c_out, c_in) else how
     else:
-        how = "fused" if (fused(k, c_out, c_in) if transposed else fused(k, c_in, c_out)) else how
+        how = "fused" if (fused(route, k, c_out, c_in) if transposed else fused(route, k, c_in, c_out)) else how
     return (call, kind, how, n_src, k, c_in, c_out, round(route.fill(n_src), 2))
 
 

@@ -120,11 +120,12 @@ FUSED_MISSING = "the fused CPU kernels could not be built here (no g++ or ninja)
 def force_route(monkeypatch, route: str, device: str = "cpu") -> None:
     """Make every route run as one GEMM ("table"), or as per-offset pairs: each offset's products scattered
     into its rows ("pairs"), or each partial offset as its whole table column ("columns"), or in the fused
-    CPU kernels wherever their widths allow ("fused"; the others turn those kernels off)."""
-    if route == "fused":
+    CPU kernels wherever their widths allow ("fused"; "fused-wide": with weights too large for pick_mm, so that
+    Picks take the torch routes beside fused Gathers; the others turn those kernels off)."""
+    if route in ("fused", "fused-wide"):
         if cpu_fused.load() is None:
             pytest.skip(FUSED_MISSING)
-        monkeypatch.setattr(cpu_fused, "WEIGHT_BYTES", 1 << 40)
+        monkeypatch.setattr(cpu_fused, "WEIGHT_BYTES", 1 << 40 if route == "fused" else 0)
         return
     monkeypatch.setattr(cpu_fused, "fits", lambda *args: False)
     monkeypatch.setitem(tb.PAIRS_MIN_WORK, device, (0, 0))
@@ -134,12 +135,12 @@ def force_route(monkeypatch, route: str, device: str = "cpu") -> None:
 
 def widths(route: str) -> tuple[int, int]:
     """(Cin, Cout) of a test layer: small and odd, or multiples of the fused kernels' vector for "fused"."""
-    return (16, 32) if route == "fused" else (3, 4)
+    return (16, 32) if route.startswith("fused") else (3, 4)
 
 
 @pytest.mark.parametrize("op", ["subm", "down", "up"])
 @pytest.mark.parametrize("chunk_bytes,route", [(1, "table"), (None, "table"), (None, "pairs"), (None, "columns"),
-                                               (None, "fused")])
+                                               (None, "fused"), (None, "fused-wide")])
 def test_gradients_equal_dense_autograd(op, chunk_bytes, route, gen, monkeypatch):
     """Outputs and both gradients (features, weight) against autograd through dense conv3d (float64),
     with the gather table (in 64-row chunks: many chunk boundaries; and default chunks), as pairs
@@ -155,8 +156,9 @@ def test_gradients_equal_dense_autograd(op, chunk_bytes, route, gen, monkeypatch
     c_in, c_out = widths(route)
     feats = torch.randn(len(src), c_in, generator=gen, dtype=torch.float64, requires_grad=True)
     w = torch.randn(27 if op == "subm" else 8, c_in, c_out, generator=gen, dtype=torch.float64, requires_grad=True)
-    if route == "fused":
-        assert cpu_fused.fits(feats, c_out, w) and cpu_fused.fits(feats, c_in, w)
+    if route.startswith("fused"):
+        assert cpu_fused.fits(feats, c_out) and cpu_fused.fits(feats, c_in)
+        assert cpu_fused.fits_pick(feats, w) == (route == "fused")
     if op == "subm":
         out = tb.submanifold_conv3(x0.with_feats(feats), w)
         ref = read(F.conv3d(densify(fine, feats, 2, D), dense_weight(w, 3), padding=1), fine)
@@ -230,12 +232,13 @@ def test_deterministic_on_cpu():
 
 
 def _fused_run(threads: int) -> list[torch.Tensor]:
-    """_run_twice's layers at width 16 (float32), in the fused kernels, on `threads` threads."""
+    """_run_twice's layers at width 16 (float32), in the fused kernels, on `threads` threads, on enough sites
+    (39k) that offset_tmm sums the full-resolution weight gradient in its fixed row groups."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         g = torch.Generator().manual_seed(3)
-        coords = random_sites(g, batch=2, side=10, density=0.3)
+        coords = random_sites(g, batch=2, side=34, density=0.5)
         feats = torch.randn(coords.shape[0], 16, generator=g, requires_grad=True)
         w3, w2 = ((0.1 * torch.randn(k, 16, 16, generator=g)).requires_grad_() for k in (27, 8))
         x = tb.make_input(coords, feats)
@@ -275,7 +278,7 @@ def fused_builds():
 
 @pytest.mark.parametrize("vector_bytes", [32, 64])
 def test_fused_kernels_equal_plain_products(vector_bytes, fused_builds, gen):
-    """rows_mm, offset_tmm and pick_mm of each build against the same sums written as dense torch products over
+    """offset_mm, offset_tmm and pick_mm of each build against the same sums written as dense torch products over
     the padded neighbour table (float64), at widths that need several column tiles and a partial channel block."""
     if vector_bytes not in fused_builds:
         pytest.skip("this CPU has no AVX-512: only the 32-byte build exists")
@@ -294,7 +297,7 @@ def test_fused_kernels_equal_plain_products(vector_bytes, fused_builds, gen):
             other = torch.randn(route.table.shape[0], c_out, generator=gen, dtype=torch.float64)
             rows = torch.cat([src, src.new_zeros(1, c_in)])[route.table]         # (n, K, Cin), zero rows where absent
             lists = route.pair_lists(n_src)
-            got = module.rows_mm(src, lists.row_ptr, lists.row_k, lists.row_j, w)
+            got = module.offset_mm(src, lists.k_ptr, lists.k_i, lists.k_j, w, route.table.shape[0])
             assert torch.allclose(got, torch.einsum("nkc,kcd->nd", rows, w), atol=1e-12, rtol=0)
             got = module.offset_tmm(src, lists.k_ptr, lists.k_i, lists.k_j, other)
             assert torch.allclose(got, torch.einsum("nkc,nd->kcd", rows, other), atol=1e-11, rtol=0)
@@ -304,6 +307,24 @@ def test_fused_kernels_equal_plain_products(vector_bytes, fused_builds, gen):
         products = torch.cat([torch.einsum("qc,kcd->qkd", coarse, w).reshape(-1, c_out), coarse.new_zeros(1, c_out)])
         got = module.pick_mm(coarse, pick.cell, w)
         assert torch.allclose(got, products[pick.cell], atol=1e-12, rtol=0)
+
+
+def test_weight_gradient_by_row_groups_equals_plain_products(gen):
+    """offset_tmm on a map of many rows (summed in fixed row groups, each in row blocks, then the groups added)
+    against the same sum as one dense product over the padded neighbour table (float64)."""
+    module = cpu_fused.load()
+    if module is None:
+        pytest.skip(FUSED_MISSING)
+    coords = random_sites(gen, batch=1, side=40, density=0.5)                  # 32k sites: 16 groups of blocks
+    radix = make_cache(coords).radix
+    route = submanifold_map(SiteIndex.build(coords, radix), coords, radix).forward
+    c_out = 3 * module.vector_bytes() // 8
+    src = torch.randn(len(coords), 5, generator=gen, dtype=torch.float64)
+    other = torch.randn(len(coords), c_out, generator=gen, dtype=torch.float64)
+    rows = torch.cat([src, src.new_zeros(1, 5)])[route.table]
+    lists = route.pair_lists(len(coords))
+    got = module.offset_tmm(src, lists.k_ptr, lists.k_i, lists.k_j, other)
+    assert torch.allclose(got, torch.einsum("nkc,nd->kcd", rows, other), atol=1e-9, rtol=0)
 
 
 def test_stale_build_lock_is_removed(tmp_path, monkeypatch):

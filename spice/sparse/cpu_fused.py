@@ -8,10 +8,14 @@ torch and Python versions, so a build is never loaded on a CPU that lacks its in
 another torch. Where it cannot be built the torch backend says so in one line and runs its torch routes;
 SPICE_FUSED_CPU=0 turns the kernels off (to time the torch routes against them).
 
+A Gather's product (offset_mm) runs in blocks of output rows that stay in cache, offset after offset, a
+few pairs of one offset sharing every load of W[k]; its weight gradient (offset_tmm) offset by offset. A
+Pick's product (pick_mm: one pair per row) runs fused only within WEIGHT_BYTES (`fits_pick`).
+
 Each kernel's sums run in a fixed order and each output element is written by one thread, so results
 are the same whatever the number of threads. The kernels need the product's width (Cout; Cin for an
 input gradient) to be a multiple of their vector's elements (16 float32 with AVX-512, else 8; half
-that in float64), and the forward and input-gradient products to have weights within WEIGHT_BYTES (`fits`).
+that in float64): `fits`.
 """
 from __future__ import annotations
 
@@ -28,8 +32,7 @@ from .kernel_map import Gather, Pick
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp"]
-# A row's products stream its offsets' weights from cache; above this the weights leave L2 and the GEMM routes
-# win (measured at 25k sites of 3^3 pairs: fused ahead up to 64 x 64 channels (442 KiB), behind at 128 x 128).
+# pick_mm reads a row's W[k] for that row alone: above this the weights leave L2 and the torch routes win.
 WEIGHT_BYTES = 512 << 10
 STALE_LOCK_S = 600  # a build takes about 30 s; a lock this old was left by an interrupted one
 _module = None
@@ -101,23 +104,26 @@ def load(verbose: bool = False):
     return _module
 
 
-def fits(src: torch.Tensor, width: int, weight: torch.Tensor | None = None) -> bool:
-    """Whether a product of `width` output columns from `src` (through `weight`, when given) runs in the
-    fused kernels: on the CPU, in float32 or float64, `width` a multiple of the vector's elements, and
-    the weight within WEIGHT_BYTES."""
+def fits(src: torch.Tensor, width: int) -> bool:
+    """Whether a product of `width` output columns from `src` runs in the fused kernels: on the CPU, in
+    float32 or float64, `width` a multiple of the vector's elements."""
     if src.device.type != "cpu" or src.dtype not in (torch.float32, torch.float64) or load() is None:
         return False
-    size = src.element_size()
-    if weight is not None and weight.numel() * size > WEIGHT_BYTES:
-        return False
-    return width % (_module.vector_bytes() // size) == 0
+    return width % (_module.vector_bytes() // src.element_size()) == 0
+
+
+def fits_pick(src: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a Pick's product src @ weight[k] runs in pick_mm: `fits`, with the weight within WEIGHT_BYTES
+    (pick_mm reads a row's whole W[k] for that row alone)."""
+    return fits(src, weight.shape[2]) and weight.numel() * src.element_size() <= WEIGHT_BYTES
 
 
 def gather_mm(src: torch.Tensor, route: Gather, weight: torch.Tensor) -> torch.Tensor:
     """out[i] = Σ_k src[table[i, k]] @ weight[k] over the present entries: src (n_src, C),
     weight [K, C, C'] -> (n_out, C')."""
     lists = route.pair_lists(src.shape[0])
-    return _module.rows_mm(src.contiguous(), lists.row_ptr, lists.row_k, lists.row_j, weight.contiguous())
+    return _module.offset_mm(src.contiguous(), lists.k_ptr, lists.k_i, lists.k_j, weight.contiguous(),
+                             route.table.shape[0])
 
 
 def gather_tmm(src: torch.Tensor, route: Gather, other: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,20 @@
-// Fused sparse-convolution kernels for the CPU (issue 12): each output row's products are summed in
-// registers straight from the input rows, with no gathered block, no per-offset GEMM and no scatter.
+// Fused sparse-convolution kernels for the CPU (issue 12): products summed in registers straight from the
+// input rows, with no gathered block, no per-offset GEMM and no scatter.
 //
-// A convolution's pairs (output row i, kernel offset k, input row j) come in two compact orders, built
-// once per map by spice/sparse/cpu_fused.py:
-//   by row:    row_ptr (n_out + 1), row_k (P), row_j (P)   -- the pairs of row i, offsets ascending;
-//   by offset: k_ptr (K + 1), k_i (P), k_j (P)             -- the pairs of offset k, rows ascending.
+// A convolution's pairs (output row i, kernel offset k, input row j) come by offset, built once per map by
+// spice/sparse/kernel_map.py (PairLists): k_ptr (K + 1), k_i (P), k_j (P) -- the pairs of offset k, rows
+// ascending; each output row has at most one pair per offset.
 //
-//   rows_mm:   out[i]   = sum over i's pairs of src[j] @ W[k]        (forward, input gradient)
-//   pick_mm:   out[i]   = src[cell_i / K] @ W[cell_i % K]            (one pair per row, or a zero row)
-//   offset_tmm: dW[k]   = sum over k's pairs of src[j]^T other[i]    (weight gradient)
+//   offset_mm:  out[i] = sum over i's pairs of src[j] @ W[k]        (forward, input gradient), in row blocks
+//               that stay in cache, offset after offset, PB pairs of an offset sharing each load of W[k]
+//   pick_mm:    out[i] = src[cell_i / K] @ W[cell_i % K]             (one pair per row, or a zero row)
+//   offset_tmm: dW[k]  = sum over k's pairs of src[j]^T other[i]     (weight gradient)
 //
 // Shapes: src (n_src, Cin), W (K, Cin, Cout), other and out (n, Cout), all contiguous, Cout a multiple
 // of the vector width (`vector_bytes`: 64 where the compiler targets AVX-512, else 32). Every sum runs in a
-// fixed order (pairs ascending, channels ascending) and each output element is written by one thread, so
-// results do not depend on the number of threads. Vectors are GCC vector extensions (-march=native).
+// fixed order (offsets ascending for a row, pairs ascending for dW, channels ascending) and each output
+// element is written by one thread, so results do not depend on the number of threads. Vectors are GCC
+// vector extensions (-march=native).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -48,46 +49,6 @@ inline void store(T* p, const V& v) {
 }
 
 constexpr int MAX_NV = 256 / VECTOR_BYTES;  // vectors per column tile (64 floats, 32 doubles)
-
-// Independent accumulator sets of a row tile: enough chains of FMAs to hide their latency (about 8 in flight).
-template <int NV>
-constexpr int sets() { return NV == 1 ? 4 : NV == 2 ? 4 : NV <= 4 ? 2 : 1; }
-
-// out[i, col0 : col0 + NV*L] for rows [r0, r1) from their pairs. Channel c of each pair adds into
-// accumulator set c % S; the sets are summed in order at the end of the row.
-template <typename T, int NV>
-void rows_tile(const T* src, int64_t cin, const int32_t* row_ptr, const int32_t* row_k, const int32_t* row_j,
-               const T* w, int64_t cout, int64_t col0, T* out, int64_t r0, int64_t r1) {
-  using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::L;
-  constexpr int S = sets<NV>();
-  const int64_t c_full = cin - cin % S;
-  for (int64_t i = r0; i < r1; ++i) {
-    V acc[S][NV];
-    for (int s = 0; s < S; ++s)
-      for (int v = 0; v < NV; ++v) acc[s][v] = V{};
-    for (int32_t p = row_ptr[i]; p < row_ptr[i + 1]; ++p) {
-      const T* x = src + static_cast<int64_t>(row_j[p]) * cin;
-      const T* wk = w + static_cast<int64_t>(row_k[p]) * cin * cout + col0;
-      int64_t c = 0;
-      for (; c < c_full; c += S) {
-        for (int s = 0; s < S; ++s) {
-          const T xc = x[c + s];
-          const T* wr = wk + (c + s) * cout;
-          for (int v = 0; v < NV; ++v) acc[s][v] += xc * load<V>(wr + v * L);
-        }
-      }
-      for (; c < cin; ++c) {
-        const T xc = x[c];
-        const T* wr = wk + c * cout;
-        for (int v = 0; v < NV; ++v) acc[0][v] += xc * load<V>(wr + v * L);
-      }
-    }
-    for (int s = 1; s < S; ++s)
-      for (int v = 0; v < NV; ++v) acc[0][v] += acc[s][v];
-    for (int v = 0; v < NV; ++v) store(out + i * cout + col0 + v * L, acc[0][v]);
-  }
-}
 
 // out[i, tile] = src[q] @ W[k][:, tile] for the one (q, k) of row i (cell = q*K + k), zero where cell >= n_src*K.
 template <typename T, int NV>
@@ -136,18 +97,71 @@ void tmm_block(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j
     for (int v = 0; v < NV; ++v) store(dw + (c0 + b) * cout + col0 + v * L, acc[b][v]);
 }
 
+// Channels per block of tmm_tile: CB * NV accumulators, about 16 of the 32 vector registers with AVX-512
+// (8 of 16 without).
+template <int NV>
+constexpr int channel_block() {
+  return VECTOR_BYTES == 64 ? (NV <= 2 ? 8 : NV <= 4 ? 4 : 2) : (NV == 1 ? 8 : NV == 2 ? 4 : NV <= 4 ? 2 : 1);
+}
+
 // One offset's dw tile over pairs [p0, p1): pairs in chunks whose rows stay in L1 (about 16 KiB of `other`),
-// every channel block of a chunk before the next chunk; dw starts at zero.
+// every channel block of a chunk before the next chunk; adds into dw.
 template <typename T, int NV>
 void tmm_tile(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j, int64_t p0, int64_t p1,
               const T* other, int64_t cout, int64_t col0, T* dw) {
-  constexpr int CB = NV == 1 ? 8 : NV == 2 ? 4 : NV <= 4 ? 2 : 1;
+  constexpr int CB = channel_block<NV>();
   const int64_t chunk = std::max<int64_t>(16, 16384 / static_cast<int64_t>(sizeof(T) * cout));
   for (int64_t a = p0; a < p1; a += chunk) {
     const int64_t b = std::min(p1, a + chunk);
     int64_t c0 = 0;
     for (; c0 + CB <= cin; c0 += CB) tmm_block<T, NV, CB>(src, cin, k_i, k_j, a, b, other, cout, col0, c0, dw);
     for (; c0 < cin; ++c0) tmm_block<T, NV, 1>(src, cin, k_i, k_j, a, b, other, cout, col0, c0, dw);
+  }
+}
+
+// Pairs per block of offset_mm: PB pairs share each vector of W[k] loaded (PB * NV accumulators in registers).
+template <int NV>
+constexpr int pair_block() { return NV <= 2 ? 8 : NV <= 4 ? 6 : 3; }
+
+// out[i_p, tile] += src[j_p] @ W[k][:, tile] for pairs [p0, p1) of one offset (each row i_p at most once),
+// PB pairs at a time: each channel's W vectors are loaded once for the PB pairs.
+template <typename T, int NV>
+void offset_tile(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j, int64_t p0, int64_t p1,
+                 const T* wk, int64_t cout, int64_t col0, T* out) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L;
+  constexpr int PB = pair_block<NV>();
+  const T* w = wk + col0;
+  int64_t p = p0;
+  for (; p + PB <= p1; p += PB) {
+    const T* x[PB];
+    for (int b = 0; b < PB; ++b) x[b] = src + static_cast<int64_t>(k_j[p + b]) * cin;
+    V acc[PB][NV];
+    for (int b = 0; b < PB; ++b)
+      for (int v = 0; v < NV; ++v) acc[b][v] = V{};
+    for (int64_t c = 0; c < cin; ++c) {
+      V wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = load<V>(w + c * cout + v * L);
+      for (int b = 0; b < PB; ++b) {
+        const T xb = x[b][c];
+        for (int v = 0; v < NV; ++v) acc[b][v] += xb * wv[v];
+      }
+    }
+    for (int b = 0; b < PB; ++b) {
+      T* o = out + static_cast<int64_t>(k_i[p + b]) * cout + col0;
+      for (int v = 0; v < NV; ++v) store(o + v * L, load<V>(o + v * L) + acc[b][v]);
+    }
+  }
+  for (; p < p1; ++p) {
+    const T* x = src + static_cast<int64_t>(k_j[p]) * cin;
+    V acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = V{};
+    for (int64_t c = 0; c < cin; ++c) {
+      const T xc = x[c];
+      for (int v = 0; v < NV; ++v) acc[v] += xc * load<V>(w + c * cout + v * L);
+    }
+    T* o = out + static_cast<int64_t>(k_i[p]) * cout + col0;
+    for (int v = 0; v < NV; ++v) store(o + v * L, load<V>(o + v * L) + acc[v]);
   }
 }
 
@@ -180,29 +194,6 @@ int64_t grain(int64_t cin, int64_t cout, int64_t pairs_per_row) {
 
 }  // namespace
 
-// out (n, Cout) = for each row, the sum of src[j] @ W[k] over its pairs.
-at::Tensor rows_mm(const at::Tensor& src, const at::Tensor& row_ptr, const at::Tensor& row_k,
-                   const at::Tensor& row_j, const at::Tensor& weight) {
-  check(src, "src"); check(row_ptr, "row_ptr"); check(row_k, "row_k"); check(row_j, "row_j"); check(weight, "weight");
-  const int64_t n = row_ptr.size(0) - 1, cin = src.size(1), cout = weight.size(2);
-  TORCH_CHECK(weight.size(1) == cin && weight.scalar_type() == src.scalar_type(), "rows_mm: weight does not match src");
-  auto out = at::empty({n, cout}, src.options());
-  const int64_t pairs = row_k.size(0);
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "rows_mm", [&] {
-    TORCH_CHECK(cout % Vec<scalar_t>::L == 0, "rows_mm: Cout must be a multiple of ", Vec<scalar_t>::L);
-    const scalar_t* s = src.data_ptr<scalar_t>();
-    const scalar_t* w = weight.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    const int32_t* rp = row_ptr.data_ptr<int32_t>();
-    const int32_t* rk = row_k.data_ptr<int32_t>();
-    const int32_t* rj = row_j.data_ptr<int32_t>();
-    at::parallel_for(0, n, grain(cin, cout, pairs / std::max<int64_t>(n, 1) + 1), [&](int64_t r0, int64_t r1) {
-      SPICE_TILES(scalar_t, cout, (rows_tile<scalar_t, NV>(s, cin, rp, rk, rj, w, cout, col0, o, r0, r1)));
-    });
-  });
-  return out;
-}
-
 // out (n, Cout): row i is src[cell_i / K] @ W[cell_i % K], or zero where cell_i >= n_src * K.
 at::Tensor pick_mm(const at::Tensor& src, const at::Tensor& cell, const at::Tensor& weight) {
   check(src, "src"); check(cell, "cell"); check(weight, "weight");
@@ -223,13 +214,69 @@ at::Tensor pick_mm(const at::Tensor& src, const at::Tensor& cell, const at::Tens
   return out;
 }
 
-// dW (K, Cin, Cout): dW[k] = sum over the pairs of offset k of src[j]^T other[i]; offsets split among threads.
+// out (n, Cout) = for each row, the sum of src[j] @ W[k] over its pairs, added offset after offset (k ascending).
+// Rows go in blocks whose part of `out` stays in L2 (OUT_BLOCK_BYTES), at least 8 blocks a thread; a block's
+// pairs of offset k are a contiguous run of k's pairs (rows ascending), found by binary search. Threads take
+// whole row blocks, so each output element is written by one thread, and the blocks do not change any sum.
+constexpr int64_t OUT_BLOCK_BYTES = 256 << 10;
+
+at::Tensor offset_mm(const at::Tensor& src, const at::Tensor& k_ptr, const at::Tensor& k_i, const at::Tensor& k_j,
+                     const at::Tensor& weight, int64_t n) {
+  check(src, "src"); check(k_ptr, "k_ptr"); check(k_i, "k_i"); check(k_j, "k_j"); check(weight, "weight");
+  const int64_t kernel = k_ptr.size(0) - 1, cin = src.size(1), cout = weight.size(2);
+  TORCH_CHECK(weight.size(0) == kernel && weight.size(1) == cin && weight.scalar_type() == src.scalar_type(),
+              "offset_mm: weight does not match src");
+  auto out = at::zeros({n, cout}, src.options());
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "offset_mm", [&] {
+    TORCH_CHECK(cout % Vec<scalar_t>::L == 0, "offset_mm: Cout must be a multiple of ", Vec<scalar_t>::L);
+    const scalar_t* s = src.data_ptr<scalar_t>();
+    const scalar_t* w = weight.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int32_t* kp = k_ptr.data_ptr<int32_t>();
+    const int32_t* ki = k_i.data_ptr<int32_t>();
+    const int32_t* kj = k_j.data_ptr<int32_t>();
+    const int64_t fit = OUT_BLOCK_BYTES / static_cast<int64_t>(sizeof(scalar_t) * cout);
+    const int64_t share = (n + 8 * at::get_num_threads() - 1) / (8 * at::get_num_threads());  // 8 blocks a thread
+    const int64_t rows = std::max<int64_t>(16, std::min(fit, share));
+    const int64_t blocks = (n + rows - 1) / rows;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int32_t r0 = static_cast<int32_t>(blk * rows), r1 = static_cast<int32_t>(std::min(n, (blk + 1) * rows));
+        for (int64_t k = 0; k < kernel; ++k) {
+          const int32_t* first = ki + kp[k];
+          const int32_t* last = ki + kp[k + 1];
+          const int64_t p0 = std::lower_bound(first, last, r0) - ki;
+          const int64_t p1 = std::lower_bound(first, last, r1) - ki;
+          if (p0 == p1) continue;
+          const scalar_t* wk = w + k * cin * cout;
+          SPICE_TILES(scalar_t, cout, (offset_tile<scalar_t, NV>(s, cin, ki, kj, p0, p1, wk, cout, col0, o)));
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// dW (K, Cin, Cout): dW[k] = sum over the pairs of offset k of src[j]^T other[i].
+// Where TMM_GROUPS partial gradients fit TMM_PARTIAL_BYTES and the rows are many, the rows are split into
+// TMM_GROUPS fixed ranges (whatever the number of threads); each range sums its pairs into its own partial dW
+// in row blocks whose rows of src and other stay in L2 (all offsets of a block before the next block, so each
+// row is read from memory about once rather than once per offset), and the partials are added in range order.
+// Otherwise the offsets are split among threads, each offset's pairs summed in order.
+constexpr int64_t TMM_GROUPS = 16;
+constexpr int64_t TMM_PARTIAL_BYTES = 16 << 20;
+constexpr int64_t ROW_BLOCK_BYTES = 256 << 10;
+
 at::Tensor offset_tmm(const at::Tensor& src, const at::Tensor& k_ptr, const at::Tensor& k_i, const at::Tensor& k_j,
                       const at::Tensor& other) {
   check(src, "src"); check(k_ptr, "k_ptr"); check(k_i, "k_i"); check(k_j, "k_j"); check(other, "other");
-  const int64_t kernel = k_ptr.size(0) - 1, cin = src.size(1), cout = other.size(1);
+  const int64_t kernel = k_ptr.size(0) - 1, cin = src.size(1), cout = other.size(1), n = other.size(0);
   TORCH_CHECK(other.scalar_type() == src.scalar_type(), "offset_tmm: other does not match src");
+  const int64_t size = kernel * cin * cout;
+  const int64_t row_block = std::max<int64_t>(16, ROW_BLOCK_BYTES / static_cast<int64_t>(src.element_size() * (cin + cout)));
+  const bool grouped = TMM_GROUPS * size * src.element_size() <= TMM_PARTIAL_BYTES && n >= TMM_GROUPS * row_block;
   auto dw = at::zeros({kernel, cin, cout}, src.options());
+  auto partial = grouped ? at::zeros({TMM_GROUPS, kernel, cin, cout}, src.options()) : dw;
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "offset_tmm", [&] {
     TORCH_CHECK(cout % Vec<scalar_t>::L == 0, "offset_tmm: Cout must be a multiple of ", Vec<scalar_t>::L);
     const scalar_t* s = src.data_ptr<scalar_t>();
@@ -238,10 +285,38 @@ at::Tensor offset_tmm(const at::Tensor& src, const at::Tensor& k_ptr, const at::
     const int32_t* kp = k_ptr.data_ptr<int32_t>();
     const int32_t* ki = k_i.data_ptr<int32_t>();
     const int32_t* kj = k_j.data_ptr<int32_t>();
-    at::parallel_for(0, kernel, 1, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) {
-        scalar_t* dk = d + k * cin * cout;
-        SPICE_TILES(scalar_t, cout, (tmm_tile<scalar_t, NV>(s, cin, ki, kj, kp[k], kp[k + 1], g, cout, col0, dk)));
+    if (!grouped) {
+      at::parallel_for(0, kernel, 1, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) {
+          scalar_t* dk = d + k * cin * cout;
+          SPICE_TILES(scalar_t, cout, (tmm_tile<scalar_t, NV>(s, cin, ki, kj, kp[k], kp[k + 1], g, cout, col0, dk)));
+        }
+      });
+      return;
+    }
+    scalar_t* part = partial.data_ptr<scalar_t>();
+    const int64_t span = (n + TMM_GROUPS - 1) / TMM_GROUPS;
+    at::parallel_for(0, TMM_GROUPS, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t grp = g0; grp < g1; ++grp) {
+        scalar_t* dg = part + grp * size;
+        const int64_t end = std::min(n, (grp + 1) * span);
+        for (int64_t r = grp * span; r < end; r += row_block) {
+          const int32_t r0 = static_cast<int32_t>(r), r1 = static_cast<int32_t>(std::min(end, r + row_block));
+          for (int64_t k = 0; k < kernel; ++k) {
+            const int64_t p0 = std::lower_bound(ki + kp[k], ki + kp[k + 1], r0) - ki;
+            const int64_t p1 = std::lower_bound(ki + kp[k], ki + kp[k + 1], r1) - ki;
+            if (p0 == p1) continue;
+            scalar_t* dk = dg + k * cin * cout;
+            SPICE_TILES(scalar_t, cout, (tmm_tile<scalar_t, NV>(s, cin, ki, kj, p0, p1, g, cout, col0, dk)));
+          }
+        }
+      }
+    });
+    at::parallel_for(0, size, 4096, [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1; ++e) {
+        scalar_t sum = part[e];
+        for (int64_t grp = 1; grp < TMM_GROUPS; ++grp) sum += part[grp * size + e];
+        d[e] = sum;
       }
     });
   });
@@ -250,7 +325,7 @@ at::Tensor offset_tmm(const at::Tensor& src, const at::Tensor& k_ptr, const at::
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("vector_bytes", [] { return VECTOR_BYTES; }, "bytes per vector of these kernels (32 or 64)");
-  m.def("rows_mm", &rows_mm, "out[i] = sum over row i's pairs of src[j] @ W[k]");
+  m.def("offset_mm", &offset_mm, "out[i] = sum over row i's pairs of src[j] @ W[k]");
   m.def("pick_mm", &pick_mm, "out[i] = src[cell_i / K] @ W[cell_i % K]");
   m.def("offset_tmm", &offset_tmm, "dW[k] = sum over offset k's pairs of src[j]^T other[i]");
 }

@@ -18,7 +18,7 @@ Both routes can also run offset by offset on their pairs only (`by_offset`), whi
 entries that the one-GEMM form multiplies too (`fill` is the share of them that is present); a Gather
 then adds each offset's products into its rows (torch_backend.pairs_mm), at most once per row and
 offset, in offset order. `pair_lists` gives a Gather's pairs as compact int32 lists for the CPU's fused
-kernels (cpu_kernels.cpp), by row and by offset.
+kernels (cpu_kernels.cpp), by offset.
 """
 from __future__ import annotations
 
@@ -31,13 +31,9 @@ IDENTITY3 = 13  # the centre offset (0, 0, 0) of the 3^3 kernel
 
 @dataclass
 class PairLists:
-    """The present entries (i, k, j) of a Gather table (j = table[i, k] < n_src), int32, in two orders:
-    by output row (`row_ptr` (n_out + 1,), `row_k`, `row_j` (P,): the pairs of row i, offsets ascending)
-    and by offset (`k_ptr` (K + 1,), `k_i`, `k_j` (P,): the pairs of offset k, rows ascending)."""
+    """The present entries (i, k, j) of a Gather table (j = table[i, k] < n_src), int32, by offset:
+    `k_ptr` (K + 1,), `k_i`, `k_j` (P,): the pairs of offset k, rows ascending."""
 
-    row_ptr: torch.Tensor
-    row_k: torch.Tensor
-    row_j: torch.Tensor
     k_ptr: torch.Tensor
     k_i: torch.Tensor
     k_j: torch.Tensor
@@ -47,14 +43,9 @@ class PairLists:
         present = table < n_src
         if int(present.sum()) >= 2 ** 31 or table.shape[0] >= 2 ** 31:
             raise ValueError(f"a kernel map of {int(present.sum())} pairs is too large for int32 pair lists")
-
-        def starts(counts: torch.Tensor) -> torch.Tensor:
-            return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]).to(torch.int32)
-
-        i, k = torch.nonzero(present, as_tuple=True)                  # row-major: by row, then offset
         ki, ii = torch.nonzero(present.t(), as_tuple=True)            # by offset, then row
-        return PairLists(starts(present.sum(1)), k.to(torch.int32), table[i, k].to(torch.int32),
-                         starts(present.sum(0)), ii.to(torch.int32), table[ii, ki].to(torch.int32))
+        starts = torch.cat([present.new_zeros(1, dtype=torch.int64), torch.cumsum(present.sum(0), 0)])
+        return PairLists(starts.to(torch.int32), ii.to(torch.int32), table[ii, ki].to(torch.int32))
 
 
 @dataclass
@@ -72,7 +63,7 @@ class Gather:
     _pair_lists: PairLists | None = field(default=None, repr=False, compare=False)
 
     def pair_lists(self, n_src: int) -> PairLists:
-        """The table's pairs as compact lists by row and by offset (built once)."""
+        """The table's pairs as compact int32 lists by offset (built once)."""
         if self._pair_lists is None:
             self._pair_lists = PairLists.build(self.table, n_src)
         return self._pair_lists

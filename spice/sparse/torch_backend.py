@@ -21,11 +21,11 @@ column instead and adds with addmm, which is cheaper than the scatter: `column_f
 gets at most one addition per offset, in offset order, so the summation order is the same on every run,
 on CPU and CUDA, as with the table. A Pick's products are only picked (each output row has one).
 
-On the CPU, where the widths allow (cpu_fused.fits: a multiple of the vector, weights that stay in cache),
+On the CPU, where the widths allow (cpu_fused.fits: a multiple of the vector; a Pick's weights in cache),
 every route runs instead in compiled fused kernels (cpu_fused.py, cpu_kernels.cpp) over the map's pairs:
-each output row (and each offset's weight gradient) summed in registers, with no gathered block, no
-scatter and no per-offset GEMM: ×2.6 on the demo network's forward+backward against these routes
-(benchmarks/results/bench_sparse_fused.txt).
+each output row (each block of an offset's pairs, for wide weights; each offset's weight gradient)
+summed in registers, with no gathered block, no scatter and no per-offset GEMM: ×2.6 on the demo
+network's forward+backward against these routes (benchmarks/results/bench_sparse_fused.txt).
 """
 from __future__ import annotations
 
@@ -181,9 +181,10 @@ def pick_pairs_mm(src: torch.Tensor, route: Pick, weight: torch.Tensor) -> torch
 
 def route_mm(route, src: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Apply one route of a ConvMap: src (n_src, C), weight [K, C, C'] -> (n_out, C')."""
-    if cpu_fused.fits(src, weight.shape[2], weight):
-        fused = cpu_fused.gather_mm if isinstance(route, Gather) else cpu_fused.pick_mm
-        return fused(src, route, weight)
+    if isinstance(route, Gather) and cpu_fused.fits(src, weight.shape[2]):
+        return cpu_fused.gather_mm(src, route, weight)
+    if isinstance(route, Pick) and cpu_fused.fits_pick(src, weight):
+        return cpu_fused.pick_mm(src, route, weight)
     pairs = use_pairs(route, src.shape[0], weight.shape[1], weight.shape[2], src.device)
     if isinstance(route, Gather):
         if pairs:
@@ -211,7 +212,7 @@ def mirrored_grads(route: Gather, f: torch.Tensor, g: torch.Tensor, w: torch.Ten
     own (route_tmm gathers f and g again). Pairs, columns and table chunks as in route_mm."""
     n, (k_all, c_in, c_out) = g.shape[0], w.shape
     wt = w.transpose(1, 2).flip(0)                       # [K, Cout, Cin]: offset k' uses W[K−1−k']ᵀ
-    if cpu_fused.fits(g, c_in, w) and cpu_fused.fits(f, c_out):
+    if cpu_fused.fits(g, c_in) and cpu_fused.fits(f, c_out):
         return cpu_fused.gather_mm(g, route, wt), cpu_fused.gather_tmm(f, route, g)
     if not use_pairs(route, n, c_out, c_in, g.device):
         grad_f, acc = g.new_empty(n, c_in), f.new_zeros(c_in, k_all * c_out)
