@@ -119,9 +119,12 @@ void tmm_tile(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j,
   }
 }
 
-// Pairs per block of offset_mm: PB pairs share each vector of W[k] loaded (PB * NV accumulators in registers).
+// Pairs per block of offset_mm: PB pairs share each vector of W[k] loaded, PB * NV accumulators in registers
+// (at most 24 of the 32 with AVX-512, 12 of the 16 without).
 template <int NV>
-constexpr int pair_block() { return NV <= 2 ? 8 : NV <= 4 ? 6 : 3; }
+constexpr int pair_block() {
+  return VECTOR_BYTES == 64 ? (NV <= 2 ? 8 : NV <= 4 ? 6 : 3) : (NV == 1 ? 8 : NV == 2 ? 6 : NV <= 4 ? 12 / NV : 1);
+}
 
 // out[i_p, tile] += src[j_p] @ W[k][:, tile] for pairs [p0, p1) of one offset (each row i_p at most once),
 // PB pairs at a time: each channel's W vectors are loaded once for the PB pairs.
