@@ -26,6 +26,7 @@ help:
 	@echo "make lab    - JupyterLab on notebooks/ with this project's environment [LAB_ARGS='--port 8899']"
 	@echo "make reference - remake weights/reference-cpu (part E) from its committed part D (about 80 min on 2 Intel Xeon cores, stops at 90; rerun to resume)"
 	@echo "make reference-symmetries - retune weights/reference-cpu/thresholds_symmetries8.json (outputs averaged over 8 reflections; a few minutes)"
+	@echo "make reference-single - weights/reference-cpu-single: the reference network trained from scratch in one run (configs/reference_cpu_single.yaml, 47 min on 2 AMD EPYC cores; rerun to resume; not committed, benchmarks/results/reference_single.md)"
 	@echo "make reference-part-d - remake part D, weights/reference-cpu/part-d, from the committed part C (about 85 min)"
 	@echo "make reference-part-c - remake part C, weights/reference-cpu/part-c, from the committed part B (about 90 min)"
 	@echo "make reference-part-b - remake part B, weights/reference-cpu/part-b, from the committed part A (about 80 min)"
@@ -147,6 +148,10 @@ reference-symmetries: $(ENV_READY)
 reference-thresholds: reference-symmetries
 	$(PY) -m spice tune --checkpoint weights/reference-cpu/checkpoint.pt --data build/val1000.h5 \
 	    --out weights/reference-cpu/thresholds.json
+.PHONY: reference-single
+reference-single: $(ENV_READY)
+	$(PY) -m spice train --config configs/reference_cpu_single.yaml --resume --set out_dir=$(REFERENCE_RUN)-single
+	$(PY) -m spice.release --run $(REFERENCE_RUN)-single --out weights/reference-cpu-single
 reference-part-d: $(ENV_READY)
 	$(PY) -m spice train --config configs/reference_cpu_part_d.yaml --resume --set out_dir=$(REFERENCE_RUN)-part-d
 	$(PY) -m spice.release --run $(REFERENCE_RUN)-part-d --out weights/reference-cpu/part-d

@@ -177,6 +177,13 @@ def _numpy_any(x):
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+def _readable(tmp) -> None:
+    """Give a mkstemp file (mode 0600) the mode a plain open() would have made (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
 def save_frame(df: pd.DataFrame, path) -> Path:
     """Write `df` as CSV (.csv) or parquet (.parquet/.pq), atomically (temporary name, then rename)."""
     path = Path(path)
@@ -191,6 +198,7 @@ def save_frame(df: pd.DataFrame, path) -> Path:
             df.to_csv(tmp, index=False)
         else:
             df.to_parquet(tmp, index=False)
+        _readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -213,6 +221,7 @@ def save_thresholds(thresholds: Mapping[int, tuple[float, float]], path, **meta)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=2)
+    _readable(tmp)
     os.replace(tmp, path)
     return path
 

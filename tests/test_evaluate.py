@@ -214,3 +214,18 @@ def test_real_event_perfect_outputs_score_perfectly():
     assert (df[["ari", "purity", "efficiency", "sbd"]] == 1).all().all() and (df.n_pred == df.n_true).all()
     tab = instance_table(ev, predict(Oracle(), ev))
     assert tab.n_voxels.sum() == (ev.instance >= 0).sum()
+
+
+def test_saved_tables_and_thresholds_are_readable_like_plain_files(tmp_path):
+    """save_frame and save_thresholds write under a mkstemp name (mode 0600) and rename: the result gets the
+    mode a plain open() gives (0666 less the umask), so released thresholds are readable by others."""
+    from spice.evaluate import load_thresholds, save_frame, save_thresholds
+    umask = os.umask(0o022)
+    try:
+        table = save_frame(pd.DataFrame({"a": [1]}), tmp_path / "t.csv")
+        thresholds = save_thresholds({0: (0.5, 0.1)}, tmp_path / "thresholds.json")
+    finally:
+        os.umask(umask)
+    for path in (table, thresholds):
+        assert path.stat().st_mode & 0o777 == 0o644
+    assert load_thresholds(thresholds) == {0: (0.5, 0.1)}
