@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 namespace {
 
@@ -97,19 +98,12 @@ void tmm_block(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j
     for (int v = 0; v < NV; ++v) store(dw + (c0 + b) * cout + col0 + v * L, acc[b][v]);
 }
 
-// Channels per block of tmm_tile: CB * NV accumulators, about 16 of the 32 vector registers with AVX-512
-// (8 of 16 without).
-template <int NV>
-constexpr int channel_block() {
-  return VECTOR_BYTES == 64 ? (NV <= 2 ? 8 : NV <= 4 ? 4 : 2) : (NV == 1 ? 8 : NV == 2 ? 4 : NV <= 4 ? 2 : 1);
-}
-
 // One offset's dw tile over pairs [p0, p1): pairs in chunks whose rows stay in L1 (about 16 KiB of `other`),
 // every channel block of a chunk before the next chunk; adds into dw.
 template <typename T, int NV>
 void tmm_tile(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j, int64_t p0, int64_t p1,
               const T* other, int64_t cout, int64_t col0, T* dw) {
-  constexpr int CB = channel_block<NV>();
+  constexpr int CB = NV == 1 ? 8 : NV == 2 ? 4 : NV <= 4 ? 2 : 1;
   const int64_t chunk = std::max<int64_t>(16, 16384 / static_cast<int64_t>(sizeof(T) * cout));
   for (int64_t a = p0; a < p1; a += chunk) {
     const int64_t b = std::min(p1, a + chunk);
@@ -218,11 +212,21 @@ at::Tensor pick_mm(const at::Tensor& src, const at::Tensor& cell, const at::Tens
 }
 
 // out (n, Cout) = for each row, the sum of src[j] @ W[k] over its pairs, added offset after offset (k ascending).
-// Rows go in blocks whose part of `out` stays in L2 (OUT_BLOCK_BYTES), at least 8 blocks a thread; a block's
+// Rows of `out` (and of `other`, for dW) are taken in blocks of about ROW_BLOCK_BYTES, which stay in L2.
+constexpr int64_t ROW_BLOCK_BYTES = 256 << 10;
+
+// The pairs [p0, p1) of offset k whose output rows lie in [r0, r1): a contiguous run, since k's pairs are in
+// ascending row order.
+inline std::pair<int64_t, int64_t> block_pairs(const int32_t* k_ptr, const int32_t* k_i, int64_t k, int32_t r0,
+                                               int32_t r1) {
+  const int32_t* first = k_i + k_ptr[k];
+  const int32_t* last = k_i + k_ptr[k + 1];
+  return {std::lower_bound(first, last, r0) - k_i, std::lower_bound(first, last, r1) - k_i};
+}
+
+// Rows go in blocks whose part of `out` stays in L2 (ROW_BLOCK_BYTES), at least 8 blocks a thread; a block's
 // pairs of offset k are a contiguous run of k's pairs (rows ascending), found by binary search. Threads take
 // whole row blocks, so each output element is written by one thread, and the blocks do not change any sum.
-constexpr int64_t OUT_BLOCK_BYTES = 256 << 10;
-
 at::Tensor offset_mm(const at::Tensor& src, const at::Tensor& k_ptr, const at::Tensor& k_i, const at::Tensor& k_j,
                      const at::Tensor& weight, int64_t n) {
   check(src, "src"); check(k_ptr, "k_ptr"); check(k_i, "k_i"); check(k_j, "k_j"); check(weight, "weight");
@@ -238,7 +242,7 @@ at::Tensor offset_mm(const at::Tensor& src, const at::Tensor& k_ptr, const at::T
     const int32_t* kp = k_ptr.data_ptr<int32_t>();
     const int32_t* ki = k_i.data_ptr<int32_t>();
     const int32_t* kj = k_j.data_ptr<int32_t>();
-    const int64_t fit = OUT_BLOCK_BYTES / static_cast<int64_t>(sizeof(scalar_t) * cout);
+    const int64_t fit = ROW_BLOCK_BYTES / static_cast<int64_t>(sizeof(scalar_t) * cout);
     const int64_t share = (n + 8 * at::get_num_threads() - 1) / (8 * at::get_num_threads());  // 8 blocks a thread
     const int64_t rows = std::max<int64_t>(16, std::min(fit, share));
     const int64_t blocks = (n + rows - 1) / rows;
@@ -246,10 +250,7 @@ at::Tensor offset_mm(const at::Tensor& src, const at::Tensor& k_ptr, const at::T
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int32_t r0 = static_cast<int32_t>(blk * rows), r1 = static_cast<int32_t>(std::min(n, (blk + 1) * rows));
         for (int64_t k = 0; k < kernel; ++k) {
-          const int32_t* first = ki + kp[k];
-          const int32_t* last = ki + kp[k + 1];
-          const int64_t p0 = std::lower_bound(first, last, r0) - ki;
-          const int64_t p1 = std::lower_bound(first, last, r1) - ki;
+          const auto [p0, p1] = block_pairs(kp, ki, k, r0, r1);
           if (p0 == p1) continue;
           const scalar_t* wk = w + k * cin * cout;
           SPICE_TILES(scalar_t, cout, (offset_tile<scalar_t, NV>(s, cin, ki, kj, p0, p1, wk, cout, col0, o)));
@@ -268,7 +269,6 @@ at::Tensor offset_mm(const at::Tensor& src, const at::Tensor& k_ptr, const at::T
 // Otherwise the offsets are split among threads, each offset's pairs summed in order.
 constexpr int64_t TMM_GROUPS = 16;
 constexpr int64_t TMM_PARTIAL_BYTES = 16 << 20;
-constexpr int64_t ROW_BLOCK_BYTES = 256 << 10;
 
 at::Tensor offset_tmm(const at::Tensor& src, const at::Tensor& k_ptr, const at::Tensor& k_i, const at::Tensor& k_j,
                       const at::Tensor& other) {
@@ -306,8 +306,7 @@ at::Tensor offset_tmm(const at::Tensor& src, const at::Tensor& k_ptr, const at::
         for (int64_t r = grp * span; r < end; r += row_block) {
           const int32_t r0 = static_cast<int32_t>(r), r1 = static_cast<int32_t>(std::min(end, r + row_block));
           for (int64_t k = 0; k < kernel; ++k) {
-            const int64_t p0 = std::lower_bound(ki + kp[k], ki + kp[k + 1], r0) - ki;
-            const int64_t p1 = std::lower_bound(ki + kp[k], ki + kp[k + 1], r1) - ki;
+            const auto [p0, p1] = block_pairs(kp, ki, k, r0, r1);
             if (p0 == p1) continue;
             scalar_t* dk = dg + k * cin * cout;
             SPICE_TILES(scalar_t, cout, (tmm_tile<scalar_t, NV>(s, cin, ki, kj, p0, p1, g, cout, col0, dk)));
