@@ -4,7 +4,7 @@ In one run, old and new timings interleaved (so load from other processes hits b
   1. per layer type (submanifold 3³, down 2³, up 2³) and width: forward+backward time, useful GFLOP/s
      (pairs · Cin · Cout · 2 flops, times 3 for forward, input and weight gradient) and its fraction of
      the dense GEMM rate measured on the same machine for the same GEMM shapes;
-  2. the whole network's forward+backward per event: demo size (F16 D4, batch 8 of 192³ events) and
+  2. the whole network's forward+backward per event: demo size (F16 D4, or `--filters`; batch 8 of 192³ events) and
      paper size (F32 D6, 512³ events, batch 1 and 8);
   3. the demo training iteration (train_step: forward, SPICE loss, backward, Adam), stage 1 and stage 2.
 Backends: "landed" (spice/sparse of git LANDED_REV, the code before issue 12, loaded into a temporary
@@ -230,7 +230,7 @@ def training_case(names, cfg: dict, events, device, repeats: int) -> dict:
     its stage-1 step runs the full forward (then backward of L_emb, as train_step does)."""
     batch = collate(events).to(device)
     loss_fn = SPICELoss()
-    row = dict(config="demo F16 D4", batch=len(events), voxels=[len(e) for e in events])
+    row = dict(config=f"demo F{cfg['filters']} D4", batch=len(events), voxels=[len(e) for e in events])
     for stage in (1, 2):
         fns = {}
         for name in names:
@@ -278,6 +278,7 @@ def main(argv=None) -> Path:
     ap.add_argument("--net-repeats", type=int, default=2, help="timed rounds per network and training case")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128, 192])
+    ap.add_argument("--filters", type=int, default=16, help="F of the demo-size network and training step")
     ap.add_argument("--events", type=int, default=8, help="demo batch size")
     ap.add_argument("--size", type=int, default=192, help="demo grid side")
     ap.add_argument("--quick", action="store_true", help="layers and demo size only (no paper size, no training)")
@@ -305,7 +306,7 @@ def main(argv=None) -> Path:
     demo_events = generate(args.events, args.size, args.seed)
     nets = []
     if "demo" not in skip:
-        nets.append(("demo F16 D4", dict(filters=16, depth=4), demo_events))
+        nets.append((f"demo F{args.filters} D4", dict(filters=args.filters, depth=4), demo_events))
     if "paper" not in skip:
         paper_events = generate(8, 512, args.seed)
         nets += [("paper F32 D6", dict(filters=32, depth=6), paper_events[:1]),
@@ -321,10 +322,10 @@ def main(argv=None) -> Path:
         print(lines[-1], flush=True)
 
     if "train" not in skip:
-        row = training_case(names, dict(filters=16, depth=4), demo_events, device, args.net_repeats)
+        row = training_case(names, dict(filters=args.filters, depth=4), demo_events, device, args.net_repeats)
         result["training"].append(row)
         for stage in (1, 2):
-            lines.append(f"training iteration demo F16 D4 batch 8 stage {stage}: " + ", ".join(
+            lines.append(f"training iteration demo F{args.filters} D4 batch {args.events} stage {stage}: " + ", ".join(
                 f"{n} {row[f'stage{stage}_{n}_s']:.3f} s" for n in names)
                 + f"; torch faster than landed {ratio(row, f'stage{stage}_landed', f'stage{stage}_torch')}, "
                 f"than previous {ratio(row, f'stage{stage}_previous', f'stage{stage}_torch')}")

@@ -34,7 +34,7 @@ def fused(route, k: int | None, c_in: int, c_out: int) -> bool:
     k None: a weight gradient)."""
     src = torch.empty(0, c_in)
     if k is None or isinstance(route, Gather):
-        return cpu_fused.fits(src, c_out)
+        return cpu_fused.fits(src)
     return cpu_fused.fits_pick(src, torch.empty(k, c_in, c_out, device="meta"))
 
 

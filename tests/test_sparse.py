@@ -120,12 +120,12 @@ FUSED_MISSING = "the fused CPU kernels could not be built here (no g++ or ninja)
 def force_route(monkeypatch, route: str, device: str = "cpu") -> None:
     """Make every route run as one GEMM ("table"), or as per-offset pairs: each offset's products scattered
     into its rows ("pairs"), or each partial offset as its whole table column ("columns"), or in the fused
-    CPU kernels wherever their widths allow ("fused"; "fused-wide": with weights too large for pick_mm, so that
-    Picks take the torch routes beside fused Gathers; the others turn those kernels off)."""
-    if route in ("fused", "fused-wide"):
+    CPU kernels ("fused"; "fused-odd": at widths that are not whole vectors; "fused-wide": with weights too large
+    for pick_mm, so that Picks take the torch routes beside fused Gathers; the others turn those kernels off)."""
+    if route in ("fused", "fused-odd", "fused-wide"):
         if cpu_fused.load() is None:
             pytest.skip(FUSED_MISSING)
-        monkeypatch.setattr(cpu_fused, "WEIGHT_BYTES", 1 << 40 if route == "fused" else 0)
+        monkeypatch.setattr(cpu_fused, "WEIGHT_BYTES", 0 if route == "fused-wide" else 1 << 40)
         return
     monkeypatch.setattr(cpu_fused, "fits", lambda *args: False)
     monkeypatch.setitem(tb.PAIRS_MIN_WORK, device, (0, 0))
@@ -134,13 +134,15 @@ def force_route(monkeypatch, route: str, device: str = "cpu") -> None:
 
 
 def widths(route: str) -> tuple[int, int]:
-    """(Cin, Cout) of a test layer: small and odd, or multiples of the fused kernels' vector for "fused"."""
-    return (16, 32) if route.startswith("fused") else (3, 4)
+    """(Cin, Cout) of a test layer: small and odd, whole vectors of the fused kernels for "fused" and "fused-wide",
+    and for "fused-odd" widths past the last whole vector: Cout 19, whole float64 vectors (16 elements) and a
+    tail of 3, and Cin 5 (a tail alone with AVX-512; one vector and a tail of 1 without)."""
+    return (5, 19) if route == "fused-odd" else (16, 32) if route.startswith("fused") else (3, 4)
 
 
 @pytest.mark.parametrize("op", ["subm", "down", "up"])
 @pytest.mark.parametrize("chunk_bytes,route", [(1, "table"), (None, "table"), (None, "pairs"), (None, "columns"),
-                                               (None, "fused"), (None, "fused-wide")])
+                                               (None, "fused"), (None, "fused-odd"), (None, "fused-wide")])
 def test_gradients_equal_dense_autograd(op, chunk_bytes, route, gen, monkeypatch):
     """Outputs and both gradients (features, weight) against autograd through dense conv3d (float64),
     with the gather table (in 64-row chunks: many chunk boundaries; and default chunks), as pairs
@@ -157,8 +159,8 @@ def test_gradients_equal_dense_autograd(op, chunk_bytes, route, gen, monkeypatch
     feats = torch.randn(len(src), c_in, generator=gen, dtype=torch.float64, requires_grad=True)
     w = torch.randn(27 if op == "subm" else 8, c_in, c_out, generator=gen, dtype=torch.float64, requires_grad=True)
     if route.startswith("fused"):
-        assert cpu_fused.fits(feats, c_out) and cpu_fused.fits(feats, c_in)
-        assert cpu_fused.fits_pick(feats, w) == (route == "fused")
+        assert cpu_fused.fits(feats)
+        assert cpu_fused.fits_pick(feats, w) == (route != "fused-wide")
     if op == "subm":
         out = tb.submanifold_conv3(x0.with_feats(feats), w)
         ref = read(F.conv3d(densify(fine, feats, 2, D), dense_weight(w, 3), padding=1), fine)
@@ -177,7 +179,7 @@ def test_gradients_equal_dense_autograd(op, chunk_bytes, route, gen, monkeypatch
         assert torch.allclose(a, b, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("route", ["table", "pairs", "columns", "fused"])
+@pytest.mark.parametrize("route", ["table", "pairs", "columns", "fused", "fused-odd"])
 @pytest.mark.parametrize("wanted", ["feats", "weight"])
 def test_submanifold_one_gradient_equals_dense_autograd(route, wanted, gen, monkeypatch):
     """With only one gradient asked for (a first layer's input has none; a frozen layer's weight has none),
@@ -279,7 +281,9 @@ def fused_builds():
 @pytest.mark.parametrize("vector_bytes", [32, 64])
 def test_fused_kernels_equal_plain_products(vector_bytes, fused_builds, gen):
     """offset_mm, offset_tmm and pick_mm of each build against the same sums written as dense torch products over
-    the padded neighbour table (float64), at widths that need several column tiles and a partial channel block."""
+    the padded neighbour table (float64), at widths that need several column tiles and a partial channel block,
+    and at widths with columns past the last whole vector (a tail alone, one vector and a tail, several tiles and
+    the longest tail)."""
     if vector_bytes not in fused_builds:
         pytest.skip("this CPU has no AVX-512: only the 32-byte build exists")
     module = fused_builds[vector_bytes]
@@ -289,7 +293,7 @@ def test_fused_kernels_equal_plain_products(vector_bytes, fused_builds, gen):
     subm = submanifold_map(SiteIndex.build(coords, radix), coords, radix)
     _, down = downsample_map(coords, radix)
     lanes = vector_bytes // 8
-    for c_in, c_out in ((5, 3 * lanes), (9, 10 * lanes)):
+    for c_in, c_out in ((5, 3 * lanes), (9, 10 * lanes), (3, lanes - 1), (6, lanes + 3), (10, 9 * lanes - 1)):
         for route, n_src in ((subm.forward, len(coords)), (down.forward, len(coords))):
             k = route.table.shape[1]
             src = torch.randn(n_src, c_in, generator=gen, dtype=torch.float64)

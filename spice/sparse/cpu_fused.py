@@ -13,9 +13,9 @@ few pairs of one offset sharing every load of W[k]; its weight gradient (offset_
 Pick's product (pick_mm: one pair per row) runs fused only within WEIGHT_BYTES (`fits_pick`).
 
 Each kernel's sums run in a fixed order and each output element is written by one thread, so results
-are the same whatever the number of threads. The kernels need the product's width (Cout; Cin for an
-input gradient) to be a multiple of their vector's elements (16 float32 with AVX-512, else 8; half
-that in float64): `fits`.
+are the same whatever the number of threads. They take any width (Cout; Cin for an input gradient): the
+columns go in tiles of whole vectors (16 float32 with AVX-512, else 8; half that in float64), and those past
+the last whole vector in one tile of single elements (`fits`).
 """
 from __future__ import annotations
 
@@ -104,18 +104,16 @@ def load(verbose: bool = False):
     return _module
 
 
-def fits(src: torch.Tensor, width: int) -> bool:
-    """Whether a product of `width` output columns from `src` runs in the fused kernels: on the CPU, in
-    float32 or float64, `width` a multiple of the vector's elements."""
-    if src.device.type != "cpu" or src.dtype not in (torch.float32, torch.float64) or load() is None:
-        return False
-    return width % (_module.vector_bytes() // src.element_size()) == 0
+def fits(src: torch.Tensor) -> bool:
+    """Whether a product from `src` runs in the fused kernels (any width): on the CPU, in float32 or float64,
+    where the kernels are built."""
+    return src.device.type == "cpu" and src.dtype in (torch.float32, torch.float64) and load() is not None
 
 
 def fits_pick(src: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a Pick's product src @ weight[k] runs in pick_mm: `fits`, with the weight within WEIGHT_BYTES
     (pick_mm reads a row's whole W[k] for that row alone)."""
-    return fits(src, weight.shape[2]) and weight.numel() * src.element_size() <= WEIGHT_BYTES
+    return fits(src) and weight.numel() * src.element_size() <= WEIGHT_BYTES
 
 
 def gather_mm(src: torch.Tensor, route: Gather, weight: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,9 @@
 //   pick_mm:    out[i] = src[cell_i / K] @ W[cell_i % K]             (one pair per row, or a zero row)
 //   offset_tmm: dW[k]  = sum over k's pairs of src[j]^T other[i]     (weight gradient)
 //
-// Shapes: src (n_src, Cin), W (K, Cin, Cout), other and out (n, Cout), all contiguous, Cout a multiple
-// of the vector width (`vector_bytes`: 64 where the compiler targets AVX-512, else 32). Every sum runs in a
+// Shapes: src (n_src, Cin), W (K, Cin, Cout), other and out (n, Cout), all contiguous, any Cout: its columns go
+// in tiles of whole vectors (`vector_bytes`: 64 where the compiler targets AVX-512, else 32), and the columns
+// past the last whole vector (Cout mod the vector's elements) in one tile of single elements. Every sum runs in a
 // fixed order (offsets ascending for a row, pairs ascending for dW, channels ascending) and each output
 // element is written by one thread, so results do not depend on the number of threads. Vectors are GCC
 // vector extensions (-march=native).
@@ -21,6 +22,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 namespace {
@@ -51,12 +53,16 @@ inline void store(T* p, const V& v) {
 
 constexpr int MAX_NV = 256 / VECTOR_BYTES;  // vectors per column tile (64 floats, 32 doubles)
 
+// A column tile is NV vectors of type V: V is Vec<T>::type for the tiles of whole vectors, or T itself (one
+// element) for the columns past the last whole vector. L is the elements per V.
+template <typename T, typename V>
+constexpr int lanes() { return static_cast<int>(sizeof(V) / sizeof(T)); }
+
 // out[i, tile] = src[q] @ W[k][:, tile] for the one (q, k) of row i (cell = q*K + k), zero where cell >= n_src*K.
-template <typename T, int NV>
+template <typename T, typename V, int NV>
 void pick_tile(const T* src, int64_t cin, const int64_t* cell, int64_t kernel, int64_t n_src, const T* w,
                int64_t cout, int64_t col0, T* out, int64_t r0, int64_t r1) {
-  using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::L;
+  constexpr int L = lanes<T, V>();
   const int64_t absent = n_src * kernel;
   for (int64_t i = r0; i < r1; ++i) {
     V acc[NV];
@@ -76,11 +82,10 @@ void pick_tile(const T* src, int64_t cin, const int64_t* cell, int64_t kernel, i
 }
 
 // dw[c0 : c0 + CB, tile] of one offset += sum over pairs [p0, p1) of src[j_p, c0 : c0 + CB]^T other[i_p, tile].
-template <typename T, int NV, int CB>
+template <typename T, typename V, int NV, int CB>
 void tmm_block(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j, int64_t p0, int64_t p1,
                const T* other, int64_t cout, int64_t col0, int64_t c0, T* dw) {
-  using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::L;
+  constexpr int L = lanes<T, V>();
   V acc[CB][NV];
   for (int b = 0; b < CB; ++b)
     for (int v = 0; v < NV; ++v) acc[b][v] = load<V>(dw + (c0 + b) * cout + col0 + v * L);
@@ -100,34 +105,34 @@ void tmm_block(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j
 
 // One offset's dw tile over pairs [p0, p1): pairs in chunks whose rows stay in L1 (about 16 KiB of `other`),
 // every channel block of a chunk before the next chunk; adds into dw.
-template <typename T, int NV>
+template <typename T, typename V, int NV>
 void tmm_tile(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j, int64_t p0, int64_t p1,
               const T* other, int64_t cout, int64_t col0, T* dw) {
-  constexpr int CB = NV == 1 ? 8 : NV == 2 ? 4 : NV <= 4 ? 2 : 1;
+  constexpr int CB = lanes<T, V>() == 1 ? (NV <= 4 ? 4 : 2) : NV == 1 ? 8 : NV == 2 ? 4 : NV <= 4 ? 2 : 1;
   const int64_t chunk = std::max<int64_t>(16, 16384 / static_cast<int64_t>(sizeof(T) * cout));
   for (int64_t a = p0; a < p1; a += chunk) {
     const int64_t b = std::min(p1, a + chunk);
     int64_t c0 = 0;
-    for (; c0 + CB <= cin; c0 += CB) tmm_block<T, NV, CB>(src, cin, k_i, k_j, a, b, other, cout, col0, c0, dw);
-    for (; c0 < cin; ++c0) tmm_block<T, NV, 1>(src, cin, k_i, k_j, a, b, other, cout, col0, c0, dw);
+    for (; c0 + CB <= cin; c0 += CB) tmm_block<T, V, NV, CB>(src, cin, k_i, k_j, a, b, other, cout, col0, c0, dw);
+    for (; c0 < cin; ++c0) tmm_block<T, V, NV, 1>(src, cin, k_i, k_j, a, b, other, cout, col0, c0, dw);
   }
 }
 
 // Pairs per block of offset_mm: PB pairs share each vector of W[k] loaded, PB * NV accumulators in registers
-// (at most 24 of the 32 with AVX-512, 12 of the 16 without).
-template <int NV>
+// (at most 24 of the 32 with AVX-512, 12 of the 16 without; single elements as many as whole vectors).
+template <int NV, bool WHOLE>
 constexpr int pair_block() {
-  return VECTOR_BYTES == 64 ? (NV <= 2 ? 8 : NV <= 4 ? 6 : 3) : (NV == 1 ? 8 : NV == 2 ? 6 : NV <= 4 ? 12 / NV : 1);
+  return !WHOLE ? (NV <= 3 ? 4 : NV <= 6 ? 2 : 1)
+       : VECTOR_BYTES == 64 ? (NV <= 2 ? 8 : NV <= 4 ? 6 : 3) : (NV == 1 ? 8 : NV == 2 ? 6 : NV <= 4 ? 12 / NV : 1);
 }
 
 // out[i_p, tile] += src[j_p] @ W[k][:, tile] for pairs [p0, p1) of one offset (each row i_p at most once),
 // PB pairs at a time: each channel's W vectors are loaded once for the PB pairs.
-template <typename T, int NV>
+template <typename T, typename V, int NV>
 void offset_tile(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k_j, int64_t p0, int64_t p1,
                  const T* wk, int64_t cout, int64_t col0, T* out) {
-  using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::L;
-  constexpr int PB = pair_block<NV>();
+  constexpr int L = lanes<T, V>();
+  constexpr int PB = pair_block<NV, (L > 1)>();
   const T* w = wk + col0;
   int64_t p = p0;
   for (; p + PB <= p1; p += PB) {
@@ -162,24 +167,38 @@ void offset_tile(const T* src, int64_t cin, const int32_t* k_i, const int32_t* k
   }
 }
 
-// Runs BODY with NV (a constant) and col0 for each column tile of cout (MAX_NV vectors, the last one shorter).
-#define SPICE_TILES(T, cout, BODY)                                            \
-  do {                                                                        \
-    constexpr int L_ = Vec<T>::L;                                             \
-    for (int64_t col0 = 0; col0 < (cout); col0 += MAX_NV * L_) {              \
-      const int nv = static_cast<int>(std::min<int64_t>(MAX_NV, ((cout) - col0) / L_)); \
-      switch (nv) {                                                           \
-        case 1: { constexpr int NV = 1; BODY; break; }                        \
-        case 2: { constexpr int NV = 2; BODY; break; }                        \
-        case 3: { constexpr int NV = 3; BODY; break; }                        \
-        case 4: { constexpr int NV = 4; BODY; break; }                        \
-        case 5: { constexpr int NV = 5; BODY; break; }                        \
-        case 6: { constexpr int NV = 6; BODY; break; }                        \
-        case 7: { constexpr int NV = 7; BODY; break; }                        \
-        default: { constexpr int NV = MAX_NV; BODY; break; }                  \
-      }                                                                       \
-    }                                                                         \
-  } while (0)
+// Calls f(std::integral_constant<int, n>) for n in [LO, HI] (a run-time count as a compile-time constant).
+template <int LO, int HI, typename F>
+inline void dispatch(int n, F&& f) {
+  if constexpr (LO <= HI) {
+    if (n == LO) f(std::integral_constant<int, LO>{});
+    else dispatch<LO + 1, HI>(n, f);
+  }
+}
+
+template <typename V>
+struct Tag { using type = V; };
+
+// Calls tile(Tag<V>, std::integral_constant<int, NV>, col0) for each column tile of cout: tiles of up to MAX_NV
+// whole vectors, then the cout mod L columns past the last whole vector as NV = cout mod L single elements.
+template <typename T, typename F>
+inline void for_tiles(int64_t cout, F&& tile) {
+  constexpr int L = Vec<T>::L;
+  const int64_t whole = cout / L * L;
+  for (int64_t col0 = 0; col0 < whole; col0 += MAX_NV * L) {
+    const int nv = static_cast<int>(std::min<int64_t>(MAX_NV, (whole - col0) / L));
+    dispatch<1, MAX_NV>(nv, [&](auto n) { tile(Tag<typename Vec<T>::type>{}, n, col0); });
+  }
+  if (whole < cout) dispatch<1, L - 1>(static_cast<int>(cout - whole), [&](auto n) { tile(Tag<T>{}, n, whole); });
+}
+
+// Runs BODY, which names the tile's vector type VT and its vectors NV, for each column tile of cout (for_tiles).
+#define SPICE_TILES(T, cout, BODY)                                                          \
+  for_tiles<T>((cout), [&](auto tag_, auto nv_, int64_t col0) {                             \
+    using VT = typename decltype(tag_)::type;                                               \
+    constexpr int NV = decltype(nv_)::value;                                                \
+    BODY;                                                                                   \
+  })
 
 void check(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), what, " must be a contiguous CPU tensor");
@@ -198,14 +217,13 @@ at::Tensor pick_mm(const at::Tensor& src, const at::Tensor& cell, const at::Tens
   TORCH_CHECK(weight.size(1) == cin && weight.scalar_type() == src.scalar_type(), "pick_mm: weight does not match src");
   auto out = at::empty({n, cout}, src.options());
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "pick_mm", [&] {
-    TORCH_CHECK(cout % Vec<scalar_t>::L == 0, "pick_mm: Cout must be a multiple of ", Vec<scalar_t>::L);
     const scalar_t* s = src.data_ptr<scalar_t>();
     const scalar_t* w = weight.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t* c = cell.data_ptr<int64_t>();
     const int64_t n_src = src.size(0);
     at::parallel_for(0, n, grain(cin, cout, 1), [&](int64_t r0, int64_t r1) {
-      SPICE_TILES(scalar_t, cout, (pick_tile<scalar_t, NV>(s, cin, c, kernel, n_src, w, cout, col0, o, r0, r1)));
+      SPICE_TILES(scalar_t, cout, (pick_tile<scalar_t, VT, NV>(s, cin, c, kernel, n_src, w, cout, col0, o, r0, r1)));
     });
   });
   return out;
@@ -235,7 +253,6 @@ at::Tensor offset_mm(const at::Tensor& src, const at::Tensor& k_ptr, const at::T
               "offset_mm: weight does not match src");
   auto out = at::zeros({n, cout}, src.options());
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "offset_mm", [&] {
-    TORCH_CHECK(cout % Vec<scalar_t>::L == 0, "offset_mm: Cout must be a multiple of ", Vec<scalar_t>::L);
     const scalar_t* s = src.data_ptr<scalar_t>();
     const scalar_t* w = weight.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -253,7 +270,7 @@ at::Tensor offset_mm(const at::Tensor& src, const at::Tensor& k_ptr, const at::T
           const auto [p0, p1] = block_pairs(kp, ki, k, r0, r1);
           if (p0 == p1) continue;
           const scalar_t* wk = w + k * cin * cout;
-          SPICE_TILES(scalar_t, cout, (offset_tile<scalar_t, NV>(s, cin, ki, kj, p0, p1, wk, cout, col0, o)));
+          SPICE_TILES(scalar_t, cout, (offset_tile<scalar_t, VT, NV>(s, cin, ki, kj, p0, p1, wk, cout, col0, o)));
         }
       }
     });
@@ -281,7 +298,6 @@ at::Tensor offset_tmm(const at::Tensor& src, const at::Tensor& k_ptr, const at::
   auto dw = at::zeros({kernel, cin, cout}, src.options());
   auto partial = grouped ? at::zeros({TMM_GROUPS, kernel, cin, cout}, src.options()) : dw;
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "offset_tmm", [&] {
-    TORCH_CHECK(cout % Vec<scalar_t>::L == 0, "offset_tmm: Cout must be a multiple of ", Vec<scalar_t>::L);
     const scalar_t* s = src.data_ptr<scalar_t>();
     const scalar_t* g = other.data_ptr<scalar_t>();
     scalar_t* d = dw.data_ptr<scalar_t>();
@@ -292,7 +308,7 @@ at::Tensor offset_tmm(const at::Tensor& src, const at::Tensor& k_ptr, const at::
       at::parallel_for(0, kernel, 1, [&](int64_t k0, int64_t k1) {
         for (int64_t k = k0; k < k1; ++k) {
           scalar_t* dk = d + k * cin * cout;
-          SPICE_TILES(scalar_t, cout, (tmm_tile<scalar_t, NV>(s, cin, ki, kj, kp[k], kp[k + 1], g, cout, col0, dk)));
+          SPICE_TILES(scalar_t, cout, (tmm_tile<scalar_t, VT, NV>(s, cin, ki, kj, kp[k], kp[k + 1], g, cout, col0, dk)));
         }
       });
       return;
@@ -309,7 +325,7 @@ at::Tensor offset_tmm(const at::Tensor& src, const at::Tensor& k_ptr, const at::
             const auto [p0, p1] = block_pairs(kp, ki, k, r0, r1);
             if (p0 == p1) continue;
             scalar_t* dk = dg + k * cin * cout;
-            SPICE_TILES(scalar_t, cout, (tmm_tile<scalar_t, NV>(s, cin, ki, kj, p0, p1, g, cout, col0, dk)));
+            SPICE_TILES(scalar_t, cout, (tmm_tile<scalar_t, VT, NV>(s, cin, ki, kj, p0, p1, g, cout, col0, dk)));
           }
         }
       }

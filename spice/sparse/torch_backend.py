@@ -21,7 +21,7 @@ column instead and adds with addmm, which is cheaper than the scatter: `column_f
 gets at most one addition per offset, in offset order, so the summation order is the same on every run,
 on CPU and CUDA, as with the table. A Pick's products are only picked (each output row has one).
 
-On the CPU, where the widths allow (cpu_fused.fits: a multiple of the vector; a Pick's weights in cache),
+On the CPU (cpu_fused.fits: float32 or float64, the kernels built; a Pick's weights in cache),
 every route runs instead in compiled fused kernels (cpu_fused.py, cpu_kernels.cpp) over the map's pairs:
 blocks of an offset's pairs (and each offset's weight gradient) summed in registers, with no gathered
 block, no scatter and no per-offset GEMM: the demo network's forward+backward ×5.2 faster than the landed
@@ -182,7 +182,7 @@ def pick_pairs_mm(src: torch.Tensor, route: Pick, weight: torch.Tensor) -> torch
 
 def route_mm(route, src: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Apply one route of a ConvMap: src (n_src, C), weight [K, C, C'] -> (n_out, C')."""
-    if isinstance(route, Gather) and cpu_fused.fits(src, weight.shape[2]):
+    if isinstance(route, Gather) and cpu_fused.fits(src):
         return cpu_fused.gather_mm(src, route, weight)
     if isinstance(route, Pick) and cpu_fused.fits_pick(src, weight):
         return cpu_fused.pick_mm(src, route, weight)
@@ -196,7 +196,7 @@ def route_mm(route, src: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def route_tmm(route: Gather, src: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """Σ over the route's pairs of src rowᵀ · other row, per offset: (K·C, C') (the weight gradient)."""
-    if cpu_fused.fits(src, other.shape[1]):
+    if cpu_fused.fits(src):
         return cpu_fused.gather_tmm(src, route, other).view(-1, other.shape[1])
     if use_pairs(route, src.shape[0], src.shape[1], other.shape[1], src.device):
         return pairs_tmm(src, route, other)
@@ -213,7 +213,7 @@ def mirrored_grads(route: Gather, f: torch.Tensor, g: torch.Tensor, w: torch.Ten
     own (route_tmm gathers f and g again). Pairs, columns and table chunks as in route_mm."""
     n, (k_all, c_in, c_out) = g.shape[0], w.shape
     wt = w.transpose(1, 2).flip(0)                       # [K, Cout, Cin]: offset k' uses W[K−1−k']ᵀ
-    if cpu_fused.fits(g, c_in) and cpu_fused.fits(f, c_out):
+    if cpu_fused.fits(g) and cpu_fused.fits(f):
         return cpu_fused.gather_mm(g, route, wt), cpu_fused.gather_tmm(f, route, g)
     if not use_pairs(route, n, c_out, c_in, g.device):
         grad_f, acc = g.new_empty(n, c_in), f.new_zeros(c_in, k_all * c_out)
